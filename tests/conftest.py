@@ -1,0 +1,60 @@
+"""Shared test helpers: tiny configs, the demo corpus, the shared real data."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tf_mbalign  # noqa: F401  (TF environment defaults before TF loads)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shared_data_dir():
+    """`$TF_MBALIGN_SHARED_DATA`, else `../shared/data` beside the checkout."""
+    return os.environ.get(
+        "TF_MBALIGN_SHARED_DATA", os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
+    )
+
+
+@pytest.fixture
+def shared_data():
+    path = shared_data_dir()
+    if not os.path.isdir(os.path.join(path, "parallel")):
+        pytest.skip(
+            f"real data not found at {path}: set TF_MBALIGN_SHARED_DATA to the "
+            "folder holding parallel/, tatoeba/, xnli/, mlqa/"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tmp_path_factory):
+    from tf_mbalign.data import vocabulary
+
+    return vocabulary.demo_vocab_path(str(tmp_path_factory.mktemp("vocab")))
+
+
+def tiny_train_config(model_dir, **overrides):
+    """A TrainConfig for a tiny random encoder on the demo corpus."""
+    from tf_mbalign.config import TrainConfig
+
+    values = dict(
+        encoder="tiny:demo", corpus="demo", model_dir=str(model_dir), train_steps=4,
+        global_batch_size=8, queue_size=16, max_seq_length=48, max_sentence_length=24,
+        max_predictions_per_seq=8, learning_rate=1e-3, warmup_steps=1, dropout=0.0,
+        checkpoint_every=100, quiet=True, export=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def run_module(args, env=None, timeout=600):
+    """Runs `python -m ...` in a fresh process; returns CompletedProcess."""
+    full_env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO_ROOT, env=full_env, capture_output=True,
+        text=True, timeout=timeout,
+    )

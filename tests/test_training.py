@@ -1,0 +1,189 @@
+"""Training runs: resume, distribution, the binary, bad input, exports."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, run_module, tiny_train_config  # noqa: E402
+from tf_mbalign.training.trainer import AlignmentRun
+
+
+def _losses(history):
+    return [(h["step"], h["loss"], h["tlm_loss"], h["moco_loss"]) for h in history]
+
+
+def test_resume_gives_the_same_per_step_losses(tmp_path):
+    # Dropout on, head warm-up, and a restart in the encoder phase.
+    common = dict(head_warmup_steps=2, dropout=0.1, checkpoint_every=3)
+    straight = AlignmentRun(tiny_train_config(tmp_path / "a", train_steps=4, **common)).run()
+    first = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=1, **common)).run()
+    second = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=4, **common)).run()
+    assert [h["step"] for h in first] == [1, 2, 3] and [h["step"] for h in second] == [4, 5, 6]
+    np.testing.assert_allclose(np.array(_losses(straight)), np.array(_losses(first + second)),
+                               atol=1e-5, rtol=0)
+    # metrics.jsonl of the resumed run holds each step once.
+    with open(tmp_path / "b" / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
+
+
+def test_head_warmup_leaves_the_encoder_unchanged(tmp_path):
+    run = AlignmentRun(tiny_train_config(tmp_path / "w", train_steps=0, head_warmup_steps=2))
+    before = [w.copy() for w in run.aligner.encoder.get_weights()]
+    head_before = [w.copy() for w in run.aligner.mlm_head.get_weights()]
+    history = run.run()
+    assert [h["phase"] for h in history] == ["head_warmup", "head_warmup"]
+    for a, b in zip(before, run.aligner.encoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(head_before, run.aligner.mlm_head.get_weights())]
+    assert sum(changed) >= 3  # dense kernel, bias, layer norm, output bias
+
+
+def test_training_lowers_the_losses(tmp_path):
+    history = AlignmentRun(tiny_train_config(
+        tmp_path / "l", train_steps=30, learning_rate=3e-3, queue_size=64,
+        global_batch_size=16)).run()
+    first, last = history[:5], history[-5:]
+    assert np.mean([h["tlm_loss"] for h in last]) < np.mean([h["tlm_loss"] for h in first]) - 0.3
+    assert history[-1]["queue_fill"] == 64
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
+@pytest.mark.distributed
+def test_mirrored_step_equals_single_device_step(tmp_path):
+    out = tmp_path / "mirrored.json"
+    result = run_module([os.path.join(REPO_ROOT, "tests", "distributed_checks.py"),
+                         "mirrored_equivalence", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["replicas"] == 2
+    for single, mirrored in zip(report["single"], report["mirrored"]):
+        for key in ("loss", "tlm_loss", "moco_loss", "tlm_accuracy", "moco_accuracy",
+                    "gradient_norm"):
+            assert abs(single[key] - mirrored[key]) <= 1e-5, (key, single, mirrored)
+    assert max(report["max_weight_diff"]) <= 1e-5
+    assert max(report["max_queue_diff"]) <= 1e-5
+    assert min(report["weights_changed"]) > 5e-4  # the steps really trained (Adam: ~lr)
+    assert report["single"][1]["moco_loss"] > 0  # negatives from the queue were used
+    assert report["queue_filled"] == [12, 12] and report["queue_pointer"] == [0, 0]
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_multi_worker_mirrored_two_local_workers(tmp_path):
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    flags = ["-m", "tf_mbalign.train", "--encoder=tiny:demo", "--strategy=multi_worker_mirrored",
+             f"--model_dir={tmp_path / 'mw'}", "--train_steps=3", "--global_batch_size=8",
+             "--queue_size=16", "--max_seq_length=48", "--max_sentence_length=24",
+             "--max_predictions_per_seq=8", "--dropout=0", "--quiet", "--noexport"]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CONFIG=json.dumps(tf_config))
+        processes.append(subprocess.Popen([sys.executable, *flags], cwd=REPO_ROOT, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True))
+    outputs = [p.communicate(timeout=400) for p in processes]
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, err[-3000:]
+    with open(tmp_path / "mw" / "metrics.jsonl") as f:
+        history = [json.loads(line) for line in f]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert all(np.isfinite(h["loss"]) for h in history)
+    # Both workers contributed: the queue holds 2 steps x 8 gathered keys.
+    assert history[1]["queue_fill"] == 16
+    assert os.path.exists(tmp_path / "mw" / "checkpoints" / "checkpoint")
+
+
+# === The binary and bad input ===
+
+def _train(args, tmp_path):
+    return run_module(["-m", "tf_mbalign.train", "--encoder=tiny:demo",
+                       f"--model_dir={tmp_path / 'run'}", *args])
+
+
+@pytest.mark.parametrize(
+    "make_corpus,expected",
+    [
+        (lambda d: (d / "en-de.tsv").write_bytes(b"Hello\tHallo\nbad \xff\tx\n"), "en-de.tsv:2: invalid UTF-8"),
+        (lambda d: (d / "en-de.tsv").write_text("\n  \t \n"), "no usable sentence pairs"),
+        (lambda d: None, "not found"),
+    ],
+)
+def test_bad_corpus_fails_before_training_and_writes_nothing(tmp_path, make_corpus, expected):
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    make_corpus(corpus_dir)
+    target = corpus_dir / "en-de.tsv"
+    result = _train([f"--corpus={target}"], tmp_path)
+    assert result.returncode == 2
+    assert expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_mismatched_line_counts_name_both_files(tmp_path):
+    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "a.de").write_text("eins\nzwei\n")
+    result = _train([f"--corpus={tmp_path / 'a.en'},{tmp_path / 'a.de'}"], tmp_path)
+    assert result.returncode == 2
+    assert "a.en has 3 lines" in result.stderr and "a.de has 2 lines" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_invalid_flags_are_reported_together(tmp_path):
+    result = _train(["--queue_size=4", "--global_batch_size=8", "--temperature=0"], tmp_path)
+    assert result.returncode == 2
+    assert "--queue_size=4 must hold" in result.stderr and "--temperature" in result.stderr
+
+
+def test_binary_trains_resumes_and_exports(tmp_path):
+    args = ["--train_steps=2", "--global_batch_size=8", "--queue_size=16", "--max_seq_length=48",
+            "--max_sentence_length=24", "--max_predictions_per_seq=8", "--quiet"]
+    result = _train(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 2 loss=" in result.stdout and "exported the aligned encoder" in result.stdout
+    # Clean output: no TensorFlow start-up noise.
+    assert "cuda" not in (result.stdout + result.stderr).lower()
+    run_dir = tmp_path / "run"
+    flags = json.loads((run_dir / "flags.json").read_text())
+    assert flags["train_steps"] == 2 and flags["encoder"] == "tiny:demo"
+    assert os.listdir(run_dir / "tensorboard")
+    again = _train(args[:0] + ["--train_steps=3"] + args[1:], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout and "step 3 loss=" in again.stdout
+
+    # The export reloads in a fresh process and reproduces the Keras model.
+    check = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "import tf_mbalign\n"
+        "from tf_mbalign.export import encoder_export\n"
+        "d = sys.argv[1]\n"
+        "ids = np.array([[2, 40, 41, 42, 3, 0]], np.int32); mask = (ids > 0).astype(np.int32)\n"
+        "keras_model = encoder_export.load_encoder(d)\n"
+        "k = keras_model({'token_ids': ids, 'segment_ids': 0 * ids, 'padding_mask': mask})\n"
+        "sm = tf.saved_model.load(d + '/saved_model').signatures['serving_default']\n"
+        "s = sm(input_word_ids=tf.constant(ids), input_mask=tf.constant(mask),"
+        " input_type_ids=tf.constant(0 * ids))\n"
+        "print(float(np.max(np.abs(k['pooled_output'].numpy() - s['pooled_output'].numpy()))),"
+        " float(np.max(np.abs(k['sequence_output'].numpy() - s['sequence_output'].numpy()))))\n"
+    )
+    result = run_module(["-c", check, str(run_dir / "export")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    pooled_diff, sequence_diff = map(float, result.stdout.split())
+    assert pooled_diff <= 1e-5 and sequence_diff <= 1e-5

@@ -1,0 +1,185 @@
+"""The alignment input pipeline: pairs -> TLM and contrastive examples.
+
+Every example is a pure function of (run seed, its global position g):
+
+    epoch e = g // N, slot = g % N            (N = pairs in one epoch)
+    pair    = epoch_index[index_shuffle(slot, seed=(seed, e))]
+    coin    = stateless coin(seed, g)          random input shuffling
+    masks   = stateless draws(seed, g)         TLM 80/10/10
+
+Global batch s holds positions [start + s*B, start + (s+1)*B); replica r of R
+gets the contiguous slice r*(B/R) ... of it. So the data position is one
+integer (`examples_consumed`, kept in the checkpoint): resuming rebuilds the
+pipeline from it and replays exactly the batches an uninterrupted run sees,
+without reading the skipped examples.
+
+Random input shuffling (Pan et al. 2021, Sec. 2.3): per pair one coin decides
+both which sentence comes first in the TLM input and which one is the MoCo
+query (the other is the key). `query_is_english` records the coin.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from tf_mbalign.data import corpus as corpus_lib
+from tf_mbalign.data import tlm_masking
+
+_SEED_SALT_PAIR, _SEED_SALT_MASK = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Input settings; defaults follow BERT / the paper where it says."""
+
+    max_seq_length: int = 128  # TLM input: [CLS] a [SEP] b [SEP]
+    max_sentence_length: int = 64  # each MoCo side: [CLS] s [SEP]
+    max_predictions_per_seq: int = 20  # BERT's value for 128 tokens
+    mask_selection_rate: float = 0.15
+    mask_token_rate: float = 0.8
+    random_token_rate: float = 0.1
+    shuffle_inputs: bool = True  # random input shuffling; False: English first/query
+    language_sampling_alpha: float = 0.7
+    seed: int = 0
+
+
+def _example_seed(seed, position, salt):
+    return tf.stack([tf.cast(seed, tf.int64) * 1000003 + salt, tf.cast(position, tf.int64)])
+
+
+def make_example(english, other, position, tokenizer, config):
+    """Builds one training example from a sentence pair (scalar strings)."""
+    ids = tokenizer.tokenize(tf.stack([english, other]))
+    english_ids, other_ids = ids[0], ids[1]
+    if config.shuffle_inputs:
+        coin = tf.random.stateless_uniform(
+            [], _example_seed(config.seed, position, _SEED_SALT_PAIR)
+        )
+        english_first = coin < 0.5
+    else:
+        english_first = tf.constant(True)
+    first = tf.cond(english_first, lambda: english_ids, lambda: other_ids)
+    second = tf.cond(english_first, lambda: other_ids, lambda: english_ids)
+
+    tlm = tlm_masking.tlm_masking(
+        tlm_masking.pack_pair(first, second, tokenizer.cls_id, tokenizer.sep_id,
+                              config.max_seq_length),
+        seed=_example_seed(config.seed, position, _SEED_SALT_MASK),
+        special_ids=tokenizer.special_ids,
+        mask_id=tokenizer.mask_id,
+        random_id_range=tokenizer.random_id_range,
+        max_predictions=config.max_predictions_per_seq,
+        selection_rate=config.mask_selection_rate,
+        mask_token_rate=config.mask_token_rate,
+        random_token_rate=config.random_token_rate,
+    )
+    query = tlm_masking.pack_single(first, tokenizer.cls_id, tokenizer.sep_id,
+                                    config.max_sentence_length)
+    key = tlm_masking.pack_single(second, tokenizer.cls_id, tokenizer.sep_id,
+                                  config.max_sentence_length)
+
+    def padded(ids, length):
+        size = tf.size(ids)
+        token_ids = tf.pad(ids, [[0, length - size]], constant_values=tokenizer.pad_id)
+        mask = tf.pad(tf.ones([size], tf.int32), [[0, length - size]])
+        return tf.ensure_shape(token_ids, [length]), tf.ensure_shape(mask, [length])
+
+    tlm_ids, tlm_mask = padded(tlm["token_ids"], config.max_seq_length)
+    query_ids, query_mask = padded(query, config.max_sentence_length)
+    key_ids, key_mask = padded(key, config.max_sentence_length)
+    p = config.max_predictions_per_seq
+    return {
+        "tlm_token_ids": tlm_ids,
+        "tlm_padding_mask": tlm_mask,
+        "masked_positions": tf.ensure_shape(tlm["masked_positions"], [p]),
+        "masked_ids": tf.ensure_shape(tlm["masked_ids"], [p]),
+        "masked_weights": tf.ensure_shape(tlm["masked_weights"], [p]),
+        "query_token_ids": query_ids,
+        "query_padding_mask": query_mask,
+        "key_token_ids": key_ids,
+        "key_padding_mask": key_mask,
+        "query_is_english": english_first,
+        "position": tf.cast(position, tf.int64),
+    }
+
+
+def build_dataset(
+    corpus,
+    tokenizer,
+    config,
+    global_batch_size,
+    input_context=None,
+    start_example=0,
+):
+    """A `tf.data.Dataset` of per-replica batches, endless and deterministic.
+
+    Args:
+        corpus: a `ParallelCorpus`.
+        tokenizer: a `SubwordTokenizer`.
+        config: a `PipelineConfig`.
+        global_batch_size: examples per step over all replicas.
+        input_context: a `tf.distribute.InputContext` (from
+            `distribute_datasets_from_function`); None for a single pipeline.
+        start_example: examples already consumed (resume position).
+    """
+    num_replicas = input_context.num_replicas_in_sync if input_context else 1
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    if global_batch_size % num_replicas:
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the "
+            f"{num_replicas} replicas."
+        )
+    per_replica = global_batch_size // num_replicas
+    local_replicas = num_replicas // num_pipelines
+
+    index = corpus_lib.epoch_index(corpus, config.language_sampling_alpha, config.seed)
+    epoch_size = len(index)
+    index = tf.constant(index)
+    english = tf.constant(corpus.english)
+    other = tf.constant(corpus.other)
+    seed = config.seed
+
+    def positions_of(k):
+        # k counts this pipeline's per-replica batches.
+        step, local = k // local_replicas, k % local_replicas
+        replica = pipeline_id * local_replicas + local
+        first = start_example + step * global_batch_size + replica * per_replica
+        return first + tf.range(per_replica, dtype=tf.int64)
+
+    def pair_at(position):
+        epoch, slot = position // epoch_size, position % epoch_size
+        shuffled = tf.random.experimental.index_shuffle(
+            slot, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+            max_index=epoch_size - 1,
+        )
+        pair = tf.gather(index, shuffled)
+        return tf.gather(english, pair), tf.gather(other, pair), position
+
+    dataset = tf.data.Dataset.range(tf.int64.max)
+    dataset = dataset.map(positions_of).unbatch()
+    dataset = dataset.map(pair_at)
+    dataset = dataset.map(
+        lambda e, o, p: make_example(e, o, p, tokenizer, config),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    dataset = dataset.batch(per_replica, drop_remainder=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+    )
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(strategy, corpus, tokenizer, config, global_batch_size, start_example=0):
+    """Per-replica batches through `distribute_datasets_from_function`."""
+
+    def dataset_fn(input_context):
+        return build_dataset(
+            corpus, tokenizer, config, global_batch_size, input_context, start_example
+        )
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

@@ -1,0 +1,191 @@
+"""A BERT encoder that exposes every layer's output and its GELU variant."""
+
+import keras
+import keras_hub
+
+
+def _initializer(stddev=0.02):
+    return keras.initializers.TruncatedNormal(stddev=stddev)
+
+
+def _gelu_exact(x):
+    return keras.activations.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x):
+    return keras.activations.gelu(x, approximate=True)
+
+
+_ACTIVATIONS = {"gelu": _gelu_exact, "gelu_approximate": _gelu_tanh}
+
+
+@keras.saving.register_keras_serializable(package="tf_mbalign")
+class BertEncoder(keras.Model):
+    """A post-layer-norm BERT encoder built from keras-hub layers.
+
+    Same layers, layer names and weight layout as
+    `keras_hub.models.BertBackbone`, so weights move between the two with
+    `set_weights`. Two differences, both needed by alignment training:
+
+    - `hidden_activation` picks exact (erf) GELU, as used by mBERT and
+      multilingual-e5 checkpoints, or keras-hub's tanh approximation;
+    - the outputs include `encoder_outputs`, the hidden states after every
+      transformer layer, so a sentence representation can be read from any
+      layer and the TF-Hub encoder contract can be exported.
+
+    Args:
+        vocabulary_size: int. Rows of the token embedding.
+        num_layers: int. Number of transformer layers.
+        num_heads: int. Attention heads per layer.
+        hidden_dim: int. Width of the hidden states.
+        intermediate_dim: int. Width of the feed-forward layer.
+        dropout: float. Dropout rate for embeddings and transformer layers.
+        max_sequence_length: int. Number of position embeddings.
+        num_segments: int. Number of token types.
+        hidden_activation: `"gelu"` (exact) or `"gelu_approximate"`.
+        layer_norm_epsilon: float. Epsilon of every layer norm.
+        dtype: Keras dtype policy.
+
+    Example:
+    ```python
+    encoder = BertEncoder(vocabulary_size=100, num_layers=2, num_heads=2,
+                          hidden_dim=16, intermediate_dim=32)
+    outputs = encoder({
+        "token_ids": np.ones((1, 8), "int32"),
+        "segment_ids": np.zeros((1, 8), "int32"),
+        "padding_mask": np.ones((1, 8), "int32"),
+    })
+    outputs["sequence_output"].shape  # (1, 8, 16)
+    len(outputs["encoder_outputs"])   # 2
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        dropout=0.1,
+        max_sequence_length=512,
+        num_segments=2,
+        hidden_activation="gelu",
+        layer_norm_epsilon=1e-12,
+        dtype=None,
+        **kwargs,
+    ):
+        if hidden_activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"hidden_activation must be one of {sorted(_ACTIVATIONS)}, "
+                f"got {hidden_activation!r}."
+            )
+        # === Layers ===
+        self.token_embedding = keras_hub.layers.ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            embeddings_initializer=_initializer(),
+            dtype=dtype,
+            name="token_embedding",
+        )
+        self.position_embedding = keras_hub.layers.PositionEmbedding(
+            initializer=_initializer(),
+            sequence_length=max_sequence_length,
+            dtype=dtype,
+            name="position_embedding",
+        )
+        self.segment_embedding = keras.layers.Embedding(
+            input_dim=num_segments,
+            output_dim=hidden_dim,
+            embeddings_initializer=_initializer(),
+            dtype=dtype,
+            name="segment_embedding",
+        )
+        self.embeddings_add = keras.layers.Add(dtype=dtype, name="embeddings_add")
+        self.embeddings_layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_layer_norm"
+        )
+        self.embeddings_dropout = keras.layers.Dropout(
+            dropout, dtype=dtype, name="embeddings_dropout"
+        )
+        self.transformer_layers = [
+            keras_hub.layers.TransformerEncoder(
+                num_heads=num_heads,
+                intermediate_dim=intermediate_dim,
+                activation=_ACTIVATIONS[hidden_activation],
+                dropout=dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                kernel_initializer=_initializer(),
+                dtype=dtype,
+                name=f"transformer_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.pooled_dense = keras.layers.Dense(
+            hidden_dim,
+            kernel_initializer=_initializer(),
+            activation="tanh",
+            dtype=dtype,
+            name="pooled_dense",
+        )
+
+        # === Functional Model ===
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        tokens = self.token_embedding(token_ids)
+        x = self.embeddings_add(
+            (tokens, self.position_embedding(tokens), self.segment_embedding(segment_ids))
+        )
+        x = self.embeddings_dropout(self.embeddings_layer_norm(x))
+        encoder_outputs = []
+        for layer in self.transformer_layers:
+            x = layer(x, padding_mask=padding_mask)
+            encoder_outputs.append(x)
+        super().__init__(
+            inputs={
+                "token_ids": token_ids,
+                "segment_ids": segment_ids,
+                "padding_mask": padding_mask,
+            },
+            outputs={
+                "sequence_output": x,
+                "pooled_output": self.pooled_dense(x[:, 0, :]),
+                "encoder_outputs": encoder_outputs,
+            },
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.max_sequence_length = max_sequence_length
+        self.num_segments = num_segments
+        self.hidden_activation = hidden_activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "max_sequence_length": self.max_sequence_length,
+            "num_segments": self.num_segments,
+            "hidden_activation": self.hidden_activation,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

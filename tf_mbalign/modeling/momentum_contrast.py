@@ -1,0 +1,132 @@
+"""MoCo mechanics: momentum (EMA) key encoder, key queue, InfoNCE logits.
+
+Defaults, documented once (MoCo, He et al. 2020; Pan et al. 2021 keep them):
+
+    momentum m      0.999   key = m * key + (1 - m) * query, every step
+    queue size K    65536   keys of past batches (MoCo's ImageNet value)
+    temperature T   0.07    logits = [q.k+, q.queue] / T
+
+Everything works unchanged under `tf.distribute`: variables are mirrored, and
+updates that every replica computes identically (the EMA, the enqueue of the
+all-gathered keys) are applied per device through `merge_call` +
+`extended.update`, with no extra communication.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def _tf_variable(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def replica_assign(variable, value):
+    """Assigns a value that every replica computed identically.
+
+    Callable from a replica context (inside `strategy.run`) or without a
+    strategy. Each device's copy of `variable` takes its own replica's value.
+    """
+
+    def update(strategy, var, val):
+        strategy.extended.update(var, lambda v, x: v.assign(x), args=(val,))
+
+    tf.distribute.get_replica_context().merge_call(
+        update, args=(_tf_variable(variable), value)
+    )
+
+
+def momentum_update(key_variables, query_variables, momentum):
+    """key <- momentum * key + (1 - momentum) * query, for every pair."""
+    pairs = [(_tf_variable(k), _tf_variable(q)) for k, q in zip(key_variables, query_variables)]
+
+    def update(strategy):
+        def ema(key, query):
+            return key.assign(momentum * key + (1.0 - momentum) * tf.cast(query, key.dtype))
+
+        for key, query in pairs:
+            strategy.extended.update(key, ema, args=(query,))
+
+    tf.distribute.get_replica_context().merge_call(update)
+
+
+def all_gather_keys(keys):
+    """Keys of all replicas, in replica order (identity without a strategy)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return keys
+    return context.all_gather(keys, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="tf_mbalign")
+class KeyQueue(keras.layers.Layer):
+    """A FIFO queue of L2-normalized keys, as checkpointed variables.
+
+    `keys` [queue_size, dim], `pointer` (next slot to write) and `filled`
+    (number of valid keys, at most queue_size). Entries never written are
+    excluded from the logits through `valid_mask()`, so early steps do not
+    compare against random vectors.
+
+    Args:
+        queue_size: int. Number of keys kept (K).
+        dim: int. Width of a key.
+
+    Example:
+    ```python
+    queue = KeyQueue(queue_size=8, dim=4)
+    queue.enqueue(tf.math.l2_normalize(tf.random.normal([3, 4]), axis=1))
+    queue.filled  # 3
+    ```
+    """
+
+    def __init__(self, queue_size, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.queue_size = queue_size
+        self.dim = dim
+        # === Variables ===
+        self.keys = self.add_weight(
+            shape=(queue_size, dim), initializer="zeros", trainable=False,
+            name="keys", dtype="float32",
+        )
+        self.pointer = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="pointer", dtype="int32"
+        )
+        self.filled = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="filled", dtype="int32"
+        )
+
+    def valid_mask(self):
+        return tf.range(self.queue_size) < self.filled
+
+    def enqueue(self, keys):
+        """Writes `keys` [n, dim] at the pointer, wrapping around (n <= K)."""
+        n = keys.shape[0]
+        if n is not None and n > self.queue_size:
+            raise ValueError(
+                f"Cannot enqueue {n} keys into a queue of {self.queue_size}: the "
+                "queue must hold at least one global batch."
+            )
+        count = tf.shape(keys)[0]
+        slots = (self.pointer + tf.range(count)) % self.queue_size
+        new_keys = tf.tensor_scatter_nd_update(
+            tf.convert_to_tensor(self.keys), slots[:, None], tf.cast(keys, tf.float32)
+        )
+        replica_assign(self.keys, new_keys)
+        replica_assign(self.pointer, (self.pointer + count) % self.queue_size)
+        replica_assign(self.filled, tf.minimum(self.filled + count, self.queue_size))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"queue_size": self.queue_size, "dim": self.dim})
+        return config
+
+
+def contrastive_logits(queries, positive_keys, queue_keys, valid, temperature):
+    """InfoNCE logits [batch, 1 + K]: column 0 is the positive key.
+
+    Queue entries that are not `valid` get a large negative logit.
+    """
+    queries = tf.cast(queries, tf.float32)
+    positive = tf.reduce_sum(queries * tf.cast(positive_keys, tf.float32), axis=1, keepdims=True)
+    negative = tf.matmul(queries, queue_keys, transpose_b=True)
+    negative = tf.where(valid[None, :], negative, -1e9)
+    return tf.concat([positive, negative], axis=1) / temperature

