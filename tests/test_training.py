@@ -187,3 +187,32 @@ def test_binary_trains_resumes_and_exports(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     pooled_diff, sequence_diff = map(float, result.stdout.split())
     assert pooled_diff <= 1e-5 and sequence_diff <= 1e-5
+
+
+@pytest.mark.parametrize("overrides", [dict(precision="mixed_float16"),
+                                       dict(precision="mixed_bfloat16"),
+                                       dict(jit_compile=True)])
+def test_precision_and_xla_variants_train(tmp_path, overrides):
+    import keras
+
+    reference = AlignmentRun(tiny_train_config(tmp_path / "ref", train_steps=2)).run()
+    try:
+        history = AlignmentRun(tiny_train_config(tmp_path / "v", train_steps=2, **overrides)).run()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # Same data and initialization: the first step's loss agrees to low precision.
+    assert abs(history[0]["loss"] - reference[0]["loss"]) < 0.05
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_keras_hub_preset_offline_names_the_alternative(monkeypatch):
+    import keras_hub
+
+    from tf_mbalign.modeling import encoders
+
+    def offline(*args, **kwargs):  # What kagglehub raises without a network.
+        raise ConnectionError("Failed to resolve 'api.kaggle.com'")
+
+    monkeypatch.setattr(keras_hub.models.BertBackbone, "from_preset", offline)
+    with pytest.raises(RuntimeError, match="--encoder=<that directory>"):
+        encoders.load_encoder("preset:bert_base_multi")

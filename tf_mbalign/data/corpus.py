@@ -230,6 +230,11 @@ def read_tfds(name, split="train", max_pairs=None, data_dir=None, max_chars=DEFA
     import tensorflow_datasets as tfds
 
     try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            print(f"tfds:{name} is not prepared in {builder.data_dir}: downloading it "
+                  "(needs internet; offline this fails after the download retries).",
+                  flush=True)
         dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True)
     except Exception as error:  # TFDS raises many types; keep the cause.
         raise CorpusError(

@@ -65,9 +65,10 @@ def create_optimizer(learning_rate, total_steps, warmup_steps=0, weight_decay=0.
     return optimizer
 
 
-def current_learning_rate(optimizer):
+def last_learning_rate(optimizer):
+    """The learning rate the optimizer's most recent step used."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     schedule = inner._learning_rate
     if callable(schedule):
-        return float(schedule(inner.iterations))
+        return float(schedule(max(int(inner.iterations.numpy()) - 1, 0)))
     return float(inner.learning_rate)

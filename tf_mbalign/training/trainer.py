@@ -81,6 +81,9 @@ def dropout_rng_states(model):
     return states
 
 
+_SHOWN = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy", "queue_fill")
+
+
 class _Progress:
     """A Keras progress bar, or plain log lines with --quiet."""
 
@@ -88,15 +91,15 @@ class _Progress:
         self.quiet, self.enabled, self.start_time = quiet, enabled, time.time()
         self.bar = None
         if enabled and not quiet:
-            self.bar = keras.utils.Progbar(total, stateful_metrics=None, unit_name="step")
+            # Stateful: the bar shows each logged value, not a running mean.
+            self.bar = keras.utils.Progbar(total, stateful_metrics=list(_SHOWN), unit_name="step")
             if start:
                 self.bar.update(start)
 
     def update(self, step, logs):
         if not self.enabled:
             return
-        shown = [(k, logs[k]) for k in ("loss", "tlm_loss", "tlm_accuracy", "moco_loss",
-                                        "moco_accuracy") if k in logs]
+        shown = [(k, logs[k]) for k in _SHOWN if k in logs]
         if self.bar is not None:
             self.bar.update(step, values=shown, finalize=False)
         else:
@@ -182,7 +185,10 @@ class AlignmentRun:
             aligner.train_encoder = train_encoder  # Read while tracing.
             aligner.train_step(batch)
 
-        @tf.function(jit_compile=self.config.jit_compile or None)
+        if self.config.jit_compile:  # XLA for the step; the iterator stays outside.
+            step_fn = tf.function(step_fn, jit_compile=True)
+
+        @tf.function
         def loop(iterator, steps):
             for _ in tf.range(steps):
                 strategy.run(step_fn, args=(next(iterator),))
@@ -190,14 +196,12 @@ class AlignmentRun:
         self._functions[train_encoder] = loop
         return loop
 
-    def _read_metrics(self):
+    def _read_metrics(self, train_encoder):
         logs = {m.name: float(m.result()) for m in self.aligner.metrics}
         for m in self.aligner.metrics:
             m.reset_state()
-        in_warmup = int(self.step.numpy()) <= self.config.head_warmup_steps and \
-            self.config.head_warmup_steps > 0
-        opt = self.aligner.head_optimizer if in_warmup else self.aligner.optimizer
-        logs["learning_rate"] = optimization.current_learning_rate(opt)
+        optimizer = self.aligner.optimizer if train_encoder else self.aligner.head_optimizer
+        logs["learning_rate"] = optimization.last_learning_rate(optimizer)
         logs["queue_fill"] = int(self.aligner.key_queue.filled.numpy())
         return logs
 
@@ -248,7 +252,7 @@ class AlignmentRun:
             step += n
             self.step.assign(step)
             self.examples_consumed.assign_add(n * config.global_batch_size)
-            logs = self._read_metrics()
+            logs = self._read_metrics(train_encoder)
             logs["step"] = step
             logs["phase"] = "encoder" if train_encoder else "head_warmup"
             history.append(logs)
