@@ -12,48 +12,6 @@ from absl import flags
 
 from tf_mbalign.data.pipeline import PipelineConfig
 
-# === Flags ===
-FLAGS = flags.FLAGS
-_F = flags
-
-_F.DEFINE_string("encoder", "e5-small", "e5-small | a Hugging Face BERT dir | preset:NAME | tiny:VOCAB_TXT|tiny:demo")
-_F.DEFINE_string("corpus", "demo", "demo | en-XX.tsv dir | TSV file | english.txt,other.txt | tfds:NAME[:SPLIT]")
-_F.DEFINE_list("languages", [], "Only these languages of a corpus directory (default: all).")
-_F.DEFINE_string("model_dir", "runs/align", "Checkpoints, TensorBoard logs, flags.json, metrics.jsonl, export/.")
-_F.DEFINE_integer("train_steps", 100, "Encoder training steps (after the head warm-up).")
-_F.DEFINE_integer("head_warmup_steps", 0, "Steps that train only a new MLM head before the encoder trains.")
-_F.DEFINE_integer("global_batch_size", 32, "Pairs per step over all replicas.")
-_F.DEFINE_integer("max_seq_length", 128, "TLM input length: [CLS] a [SEP] b [SEP].")
-_F.DEFINE_integer("max_sentence_length", 64, "Length of each MoCo input: [CLS] s [SEP].")
-_F.DEFINE_integer("max_predictions_per_seq", 20, "Masked positions kept per TLM input.")
-_F.DEFINE_float("mask_selection_rate", 0.15, "Share of non-special tokens selected for TLM.")
-_F.DEFINE_float("learning_rate", 1e-5, "Peak learning rate of the encoder.")
-_F.DEFINE_float("head_learning_rate", 1e-3, "Learning rate of the head-only warm-up.")
-_F.DEFINE_integer("warmup_steps", 10, "Linear learning-rate warm-up steps.")
-_F.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not on biases / layer norms).")
-_F.DEFINE_float("max_gradient_norm", 1.0, "Clip the global gradient norm (0 = off).")
-_F.DEFINE_integer("queue_size", 65536, "MoCo queue size K (>= global batch).")
-_F.DEFINE_float("momentum", 0.999, "MoCo key-encoder EMA momentum m.")
-_F.DEFINE_float("temperature", 0.07, "InfoNCE temperature T.")
-_F.DEFINE_float("contrastive_weight", 1.0, "Weight of the MoCo loss.")
-_F.DEFINE_integer("representation_layer", -1, "Encoder layer for the sentence representation (-1 = last).")
-_F.DEFINE_enum("pooling", "cls", ["cls", "mean"], "Sentence representation: [CLS] or mean.")
-_F.DEFINE_integer("projection_dim", 0, "Linear projection before the MoCo loss (0 = none).")
-_F.DEFINE_boolean("shuffle_inputs", True, "Random input shuffling (per pair: which side is first / the query).")
-_F.DEFINE_float("language_sampling_alpha", 0.7, "Language sampling p_l ~ n_l^alpha.")
-_F.DEFINE_integer("max_chars", 2000, "Truncate corpus sides longer than this many characters.")
-_F.DEFINE_float("dropout", 0.1, "Encoder dropout.")
-_F.DEFINE_integer("seed", 0, "Seed of the data order, masks and initialization.")
-_F.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker_mirrored", "tpu"], "tf.distribute strategy.")
-_F.DEFINE_string("tpu", "", "TPU address for --strategy=tpu.")
-_F.DEFINE_enum("precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
-_F.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (not with --strategy=mirrored on CPU).")
-_F.DEFINE_integer("steps_per_loop", 1, "Steps per tf.function call (more = less Python overhead).")
-_F.DEFINE_integer("checkpoint_every", 50, "Save a checkpoint every N steps (and at the end).")
-_F.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir.")
-_F.DEFINE_boolean("quiet", False, "Log lines instead of a progress bar (for log files).")
-_F.DEFINE_boolean("export", True, "Export the aligned encoder to model_dir/export at the end.")
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -98,7 +56,10 @@ class TrainConfig:
     export: bool = True
 
     def __post_init__(self):
-        problems = []
+        problems = [
+            f"--{name}={getattr(self, name)!r} is not one of {choices}"
+            for name, choices in CHOICES.items() if getattr(self, name) not in choices
+        ]
         if self.global_batch_size < 1:
             problems.append("--global_batch_size must be >= 1")
         if self.queue_size < self.global_batch_size:
@@ -148,3 +109,71 @@ class TrainConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+# === Flags: one per TrainConfig field, defaults taken from it ===
+HELP = {
+    "encoder": "e5-small | a Hugging Face BERT dir | preset:NAME | tiny:VOCAB_TXT | tiny:demo",
+    "corpus": "demo | en-XX.tsv dir | TSV file | english.txt,other.txt | tfds:NAME[:SPLIT]",
+    "languages": "Only these languages of a corpus directory (default: all).",
+    "model_dir": "Checkpoints, TensorBoard logs, flags.json, metrics.jsonl, export/.",
+    "train_steps": "Encoder training steps (after the head warm-up).",
+    "head_warmup_steps": "Steps that train only a new MLM head before the encoder trains.",
+    "global_batch_size": "Pairs per step over all replicas.",
+    "max_seq_length": "TLM input length: [CLS] a [SEP] b [SEP].",
+    "max_sentence_length": "Length of each MoCo input: [CLS] s [SEP].",
+    "max_predictions_per_seq": "Masked positions kept per TLM input.",
+    "mask_selection_rate": "Share of non-special tokens selected for TLM.",
+    "learning_rate": "Peak learning rate of the encoder.",
+    "head_learning_rate": "Learning rate of the head-only warm-up.",
+    "warmup_steps": "Linear learning-rate warm-up steps.",
+    "weight_decay": "AdamW weight decay (not on biases / layer norms).",
+    "max_gradient_norm": "Clip the global gradient norm (0 = off).",
+    "queue_size": "MoCo queue size K (>= global batch).",
+    "momentum": "MoCo key-encoder EMA momentum m.",
+    "temperature": "InfoNCE temperature T.",
+    "contrastive_weight": "Weight of the MoCo loss.",
+    "representation_layer": "Encoder layer for the sentence representation (-1 = last).",
+    "pooling": "Sentence representation: [CLS] or mean.",
+    "projection_dim": "Linear projection before the MoCo loss (0 = none).",
+    "shuffle_inputs": "Random input shuffling (per pair: which side is first / the query).",
+    "language_sampling_alpha": "Language sampling p_l ~ n_l^alpha.",
+    "max_chars": "Truncate corpus sides longer than this many characters.",
+    "dropout": "Encoder dropout.",
+    "seed": "Seed of the data order, masks and initialization.",
+    "strategy": "tf.distribute strategy.",
+    "tpu": "TPU address for --strategy=tpu.",
+    "precision": "Keras dtype policy.",
+    "jit_compile": "XLA-compile the train step (not with --strategy=mirrored on CPU).",
+    "steps_per_loop": "Steps per tf.function call (more = less Python overhead).",
+    "checkpoint_every": "Save a checkpoint every N steps (and at the end).",
+    "keep_checkpoints": "Checkpoints kept in model_dir.",
+    "quiet": "Log lines instead of a progress bar (for log files).",
+    "export": "Export the aligned encoder to model_dir/export at the end.",
+}
+CHOICES = {
+    "pooling": ["cls", "mean"],
+    "strategy": ["default", "mirrored", "multi_worker_mirrored", "tpu"],
+    "precision": ["float32", "mixed_float16", "mixed_bfloat16"],
+}
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    for field in dataclasses.fields(TrainConfig):
+        name, default, text = field.name, field.default, HELP[field.name]
+        if name in CHOICES:
+            flags.DEFINE_enum(name, default, CHOICES[name], text)
+        elif isinstance(default, bool):
+            flags.DEFINE_boolean(name, default, text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, text)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(name, list(default), text)
+        else:
+            flags.DEFINE_string(name, default, text)
+
+
+_define_flags()

