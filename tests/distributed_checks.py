@@ -114,7 +114,8 @@ def gathered_keys(out_path):
     @tf.function
     def enqueue(values):
         def fn(v):
-            queue.enqueue(moco.all_gather_keys(v))
+            ids = tf.cast(v[:, 0], tf.int64) + 100  # pair ids travel with their keys
+            queue.enqueue(moco.all_gather_keys(v), moco.all_gather_keys(ids))
         strategy.run(fn, args=(values,))
 
     rows = []
@@ -129,7 +130,8 @@ def gathered_keys(out_path):
     per_device = [t.numpy().tolist() for t in strategy.experimental_local_results(queue.keys.value)]
     with open(out_path, "w") as f:
         json.dump({"rows": rows, "pointer": int(queue.pointer.numpy()),
-                   "filled": int(queue.filled.numpy()), "per_device": per_device}, f)
+                   "filled": int(queue.filled.numpy()), "per_device": per_device,
+                   "pair_ids": queue.pair_ids.numpy().tolist()}, f)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def test_keys_of_all_replicas_are_gathered_into_one_queue(tmp_path):
     # Step 1: 10,11 | 12,13 -> slots 4,5 then wrap to 0,1.
     assert [r[0] for r in report["rows"][1]] == [12, 13, 2, 3, 10, 11]
     assert report["pointer"] == 2 and report["filled"] == 6
+    assert report["pair_ids"] == [112, 113, 102, 103, 110, 111]
     # Every device holds the same (global) queue.
     assert report["per_device"][0] == report["per_device"][1]
 
@@ -91,3 +92,15 @@ def test_queue_key_encoder_and_pointer_restored_bit_for_bit(tmp_path):
     assert any(not np.array_equal(x, y) for x, y in
                zip(a.key_encoder.get_weights(), a.encoder.get_weights()))
     assert int(second.examples_consumed.numpy()) == 24
+
+
+def test_a_pairs_own_older_key_is_not_its_negative():
+    queue = moco.KeyQueue(queue_size=4, dim=2)
+    queue.enqueue(tf.constant([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),
+                  pair_ids=tf.constant([10, 11, 12], tf.int64))
+    mask = queue.valid_mask(tf.constant([11, 99], tf.int64)).numpy()
+    assert mask.tolist() == [[True, False, True, False], [True, True, True, False]]
+    q = tf.constant([[0.0, 1.0], [0.0, 1.0]])
+    logits = moco.contrastive_logits(q, q, tf.convert_to_tensor(queue.keys), mask, 1.0).numpy()
+    # Query 0 (pair 11) does not see its own older key; query 1 does.
+    assert logits[0, 2] < -1e8 and logits[1, 2] == pytest.approx(1.0)

@@ -48,8 +48,12 @@ def _example_seed(seed, position, salt):
     return tf.stack([tf.cast(seed, tf.int64) * 1000003 + salt, tf.cast(position, tf.int64)])
 
 
-def make_example(english, other, position, tokenizer, config):
-    """Builds one training example from a sentence pair (scalar strings)."""
+def make_example(english, other, position, tokenizer, config, pair_id=-1):
+    """Builds one training example from a sentence pair (scalar strings).
+
+    `pair_id` (the pair's index in the corpus) lets the model keep a pair's
+    own older key out of its negatives once the data repeats.
+    """
     ids = tokenizer.tokenize(tf.stack([english, other]))
     english_ids, other_ids = ids[0], ids[1]
     if config.shuffle_inputs:
@@ -101,6 +105,7 @@ def make_example(english, other, position, tokenizer, config):
         "key_padding_mask": key_mask,
         "query_is_english": english_first,
         "position": tf.cast(position, tf.int64),
+        "pair_id": tf.cast(pair_id, tf.int64),
     }
 
 
@@ -155,13 +160,13 @@ def build_dataset(
             max_index=epoch_size - 1,
         )
         pair = tf.gather(index, shuffled)
-        return tf.gather(english, pair), tf.gather(other, pair), position
+        return tf.gather(english, pair), tf.gather(other, pair), position, pair
 
     dataset = tf.data.Dataset.range(tf.int64.max)
     dataset = dataset.map(positions_of).unbatch()
     dataset = dataset.map(pair_at)
     dataset = dataset.map(
-        lambda e, o, p: make_example(e, o, p, tokenizer, config),
+        lambda e, o, p, i: make_example(e, o, p, tokenizer, config, pair_id=i),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

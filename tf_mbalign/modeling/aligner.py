@@ -235,7 +235,7 @@ class Aligner(keras.Model):
         queries = self.embed(batch["query_token_ids"], batch["query_padding_mask"], training=training)
         moco_logits = moco.contrastive_logits(
             queries, keys, tf.convert_to_tensor(self.key_queue.keys),
-            self.key_queue.valid_mask(), self.temperature,
+            self.key_queue.valid_mask(batch.get("pair_id")), self.temperature,
         )
         moco_losses = keras.losses.sparse_categorical_crossentropy(
             tf.zeros_like(moco_logits[:, 0], tf.int32), moco_logits, from_logits=True
@@ -290,7 +290,11 @@ class Aligner(keras.Model):
             losses = self.compute_losses(batch, keys, training=True)
             scaled_loss = optimizer.scale_loss(losses["loss"])
         norm = self._apply_gradients(optimizer, scaled_loss, tape, variables)
-        self.key_queue.enqueue(moco.all_gather_keys(keys))
+        pair_ids = batch.get("pair_id")
+        self.key_queue.enqueue(
+            moco.all_gather_keys(keys),
+            None if pair_ids is None else moco.all_gather_keys(pair_ids),
+        )
 
         # Metrics: Mean metrics sum over replicas on read, so each replica
         # adds its share with a weight that makes the total the global value.

@@ -61,10 +61,12 @@ def all_gather_keys(keys):
 class KeyQueue(keras.layers.Layer):
     """A FIFO queue of L2-normalized keys, as checkpointed variables.
 
-    `keys` [queue_size, dim], `pointer` (next slot to write) and `filled`
-    (number of valid keys, at most queue_size). Entries never written are
-    excluded from the logits through `valid_mask()`, so early steps do not
-    compare against random vectors.
+    `keys` [queue_size, dim], `pair_ids` [queue_size] (which sentence pair
+    each key came from), `pointer` (next slot to write) and `filled` (number
+    of valid keys, at most queue_size). `valid_mask()` excludes entries never
+    written, so early steps do not compare against random vectors, and, given
+    the batch's pair ids, the batch's own pairs: once the data repeats, a
+    pair's older key would otherwise be a negative for its own query.
 
     Args:
         queue_size: int. Number of keys kept (K).
@@ -73,8 +75,10 @@ class KeyQueue(keras.layers.Layer):
     Example:
     ```python
     queue = KeyQueue(queue_size=8, dim=4)
-    queue.enqueue(tf.math.l2_normalize(tf.random.normal([3, 4]), axis=1))
+    queue.enqueue(tf.math.l2_normalize(tf.random.normal([3, 4]), axis=1),
+                  pair_ids=tf.constant([7, 8, 9], tf.int64))
     queue.filled  # 3
+    queue.valid_mask(tf.constant([8], tf.int64))  # [[T, F, T, F, F, F, F, F]]
     ```
     """
 
@@ -87,6 +91,10 @@ class KeyQueue(keras.layers.Layer):
             shape=(queue_size, dim), initializer="zeros", trainable=False,
             name="keys", dtype="float32",
         )
+        self.pair_ids = self.add_weight(
+            shape=(queue_size,), initializer=keras.initializers.Constant(-1),
+            trainable=False, name="pair_ids", dtype="int64",
+        )
         self.pointer = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="pointer", dtype="int32"
         )
@@ -94,11 +102,19 @@ class KeyQueue(keras.layers.Layer):
             shape=(), initializer="zeros", trainable=False, name="filled", dtype="int32"
         )
 
-    def valid_mask(self):
-        return tf.range(self.queue_size) < self.filled
+    def valid_mask(self, pair_ids=None):
+        """[K] filled entries; with `pair_ids` [B], [B, K] also excluding
+        keys of the same pairs."""
+        filled = tf.range(self.queue_size) < self.filled
+        if pair_ids is None:
+            return filled
+        same_pair = tf.equal(tf.cast(pair_ids, tf.int64)[:, None],
+                             tf.convert_to_tensor(self.pair_ids)[None, :])
+        return filled[None, :] & ~same_pair
 
-    def enqueue(self, keys):
-        """Writes `keys` [n, dim] at the pointer, wrapping around (n <= K)."""
+    def enqueue(self, keys, pair_ids=None):
+        """Writes `keys` [n, dim] (and their `pair_ids` [n]) at the pointer,
+        wrapping around (n <= K)."""
         n = keys.shape[0]
         if n is not None and n > self.queue_size:
             raise ValueError(
@@ -110,7 +126,13 @@ class KeyQueue(keras.layers.Layer):
         new_keys = tf.tensor_scatter_nd_update(
             tf.convert_to_tensor(self.keys), slots[:, None], tf.cast(keys, tf.float32)
         )
+        if pair_ids is None:
+            pair_ids = tf.fill([count], tf.constant(-1, tf.int64))
+        new_ids = tf.tensor_scatter_nd_update(
+            tf.convert_to_tensor(self.pair_ids), slots[:, None], tf.cast(pair_ids, tf.int64)
+        )
         replica_assign(self.keys, new_keys)
+        replica_assign(self.pair_ids, new_ids)
         replica_assign(self.pointer, (self.pointer + count) % self.queue_size)
         replica_assign(self.filled, tf.minimum(self.filled + count, self.queue_size))
 
@@ -123,10 +145,14 @@ class KeyQueue(keras.layers.Layer):
 def contrastive_logits(queries, positive_keys, queue_keys, valid, temperature):
     """InfoNCE logits [batch, 1 + K]: column 0 is the positive key.
 
-    Queue entries that are not `valid` get a large negative logit.
+    Queue entries that are not `valid` ([K] or [batch, K]) get a large
+    negative logit.
     """
     queries = tf.cast(queries, tf.float32)
     positive = tf.reduce_sum(queries * tf.cast(positive_keys, tf.float32), axis=1, keepdims=True)
     negative = tf.matmul(queries, queue_keys, transpose_b=True)
-    negative = tf.where(valid[None, :], negative, -1e9)
+    valid = tf.convert_to_tensor(valid)
+    if valid.shape.rank == 1:
+        valid = valid[None, :]
+    negative = tf.where(valid, negative, -1e9)
     return tf.concat([positive, negative], axis=1) / temperature

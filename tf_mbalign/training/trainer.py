@@ -103,7 +103,8 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(step, values=shown, finalize=False)
         else:
-            text = " ".join(f"{k}={v:.4f}" for k, v in shown)
+            text = " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
+                            for k, v in shown)
             print(f"step {step} {text} ({time.time() - self.start_time:.0f}s)", flush=True)
 
 
