@@ -82,6 +82,8 @@ def test_masking_statistics_on_real_text(shared_data, tmp_path):
         kept += int(np.sum(now == originals))
         randomized += int(np.sum((now != tokenizer.mask_id) & (now != originals)))
     rate = selected / candidates
+    print(f"selected {selected}/{candidates} = {rate:.4f}; [MASK] {masked / selected:.4f}, "
+          f"random {randomized / selected:.4f}, kept {kept / selected:.4f}")
     assert 0.14 <= rate <= 0.16, rate
     # ~6,000 selections: the shares have a standard error below 0.6 points.
     assert abs(masked / selected - 0.8) < 0.02, masked / selected
@@ -115,6 +117,7 @@ def test_random_input_shuffling_on_real_text(shared_data, tmp_path):
         assert key[1:-1].tolist() == expected_key[:126]
         english_first += first_is_english
     share = english_first / len(pairs)
+    print(f"English first (and query) in {english_first} of {len(pairs)} pairs = {share:.3f}")
     assert 0.45 < share < 0.55, share  # 1,000 pairs: standard error 1.6 points
 
 
