@@ -177,7 +177,7 @@ def test_binary_trains_resumes_and_exports(tmp_path):
         "ids = np.array([[2, 40, 41, 42, 3, 0]], np.int32); mask = (ids > 0).astype(np.int32)\n"
         "keras_model = encoder_export.load_encoder(d)\n"
         "k = keras_model({'token_ids': ids, 'segment_ids': 0 * ids, 'padding_mask': mask})\n"
-        "sm = tf.saved_model.load(d + '/saved_model').signatures['serving_default']\n"
+        "sm = tf.saved_model.load(d + '/encoder').signatures['serving_default']\n"
         "s = sm(input_word_ids=tf.constant(ids), input_mask=tf.constant(mask),"
         " input_type_ids=tf.constant(0 * ids))\n"
         "print(float(np.max(np.abs(k['pooled_output'].numpy() - s['pooled_output'].numpy()))),"

@@ -1,7 +1,7 @@
 """Every training flag, defined once, and the frozen config built from them.
 
-The binary (`tf_mbalign.train`) only parses flags and calls
-`TrainConfig.from_flags()`; library code and tests build `TrainConfig`
+The binary (`tf_mbalign.train`) calls `define_flags()`, parses the flags and
+calls `TrainConfig.from_flags()`; library code and tests build `TrainConfig`
 directly with keyword arguments.
 """
 
@@ -159,7 +159,8 @@ CHOICES = {
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
+    """Defines one absl flag per TrainConfig field (the training binary)."""
     for field in dataclasses.fields(TrainConfig):
         name, default, text = field.name, field.default, HELP[field.name]
         if name in CHOICES:
@@ -175,5 +176,3 @@ def _define_flags():
         else:
             flags.DEFINE_string(name, default, text)
 
-
-_define_flags()

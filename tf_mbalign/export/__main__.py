@@ -1,0 +1,60 @@
+r"""Exports an aligned encoder from a training run's latest checkpoint.
+
+Usage:
+  python -m tf_mbalign.export --model_dir=runs/align --export_dir=exports/align
+
+Writes encoder/ (TF-Hub encoder), preprocessor/, serving/<name>/<version>/
+and keras/ under --export_dir (see tf_mbalign/export/encoder_export.py).
+"""
+
+from tf_mbalign import runtime
+
+runtime.import_tensorflow_quietly()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's --model_dir.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the exports.")
+_SERVING_NAME = flags.DEFINE_string("serving_name", "tf_mbalign", "TF Serving model name.")
+flags.mark_flags_as_required(["model_dir", "export_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from tf_mbalign.config import TrainConfig
+    from tf_mbalign.export import encoder_export
+    from tf_mbalign.training.trainer import restore_for_export
+
+    flags_path = os.path.join(_MODEL_DIR.value, "flags.json")
+    if not os.path.isfile(flags_path):
+        print(f"error: {flags_path} not found: --model_dir must be a training run's "
+              "directory.", file=sys.stderr)
+        return 2
+    with open(flags_path, encoding="utf-8") as f:
+        values = json.load(f)
+    values["languages"] = tuple(values.get("languages", ()))
+    values["model_dir"] = _MODEL_DIR.value
+    config = TrainConfig(**values)
+    try:
+        bundle, aligner, checkpoint = restore_for_export(config)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    paths = encoder_export.export_encoder(
+        aligner.encoder, bundle.tokenizer, _EXPORT_DIR.value, mlm_head=aligner.mlm_head,
+        pooling=config.pooling, representation_layer=config.representation_layer,
+        seq_length=config.max_seq_length, serving_name=_SERVING_NAME.value,
+        source=checkpoint,
+    )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
