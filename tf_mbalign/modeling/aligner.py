@@ -293,7 +293,9 @@ class Aligner(keras.Model):
         pair_ids = batch.get("pair_id")
         self.key_queue.enqueue(
             moco.all_gather_keys(keys),
-            None if pair_ids is None else moco.all_gather_keys(pair_ids),
+            # int32: MultiWorkerMirroredStrategy could not all-gather int64 here
+            # ("destinations can not be empty").
+            None if pair_ids is None else moco.all_gather_keys(tf.cast(pair_ids, tf.int32)),
         )
 
         # Metrics: Mean metrics sum over replicas on read, so each replica

@@ -93,7 +93,7 @@ class KeyQueue(keras.layers.Layer):
         )
         self.pair_ids = self.add_weight(
             shape=(queue_size,), initializer=keras.initializers.Constant(-1),
-            trainable=False, name="pair_ids", dtype="int64",
+            trainable=False, name="pair_ids", dtype="int32",
         )
         self.pointer = self.add_weight(
             shape=(), initializer="zeros", trainable=False, name="pointer", dtype="int32"
@@ -108,7 +108,7 @@ class KeyQueue(keras.layers.Layer):
         filled = tf.range(self.queue_size) < self.filled
         if pair_ids is None:
             return filled
-        same_pair = tf.equal(tf.cast(pair_ids, tf.int64)[:, None],
+        same_pair = tf.equal(tf.cast(pair_ids, tf.int32)[:, None],
                              tf.convert_to_tensor(self.pair_ids)[None, :])
         return filled[None, :] & ~same_pair
 
@@ -127,9 +127,9 @@ class KeyQueue(keras.layers.Layer):
             tf.convert_to_tensor(self.keys), slots[:, None], tf.cast(keys, tf.float32)
         )
         if pair_ids is None:
-            pair_ids = tf.fill([count], tf.constant(-1, tf.int64))
+            pair_ids = tf.fill([count], tf.constant(-1, tf.int32))
         new_ids = tf.tensor_scatter_nd_update(
-            tf.convert_to_tensor(self.pair_ids), slots[:, None], tf.cast(pair_ids, tf.int64)
+            tf.convert_to_tensor(self.pair_ids), slots[:, None], tf.cast(pair_ids, tf.int32)
         )
         replica_assign(self.keys, new_keys)
         replica_assign(self.pair_ids, new_ids)
