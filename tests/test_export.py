@@ -345,3 +345,18 @@ def test_embedded_e5_export_round_trip(tmp_path):
     assert report["ids_equal"] and report["layers"] == 12
     for key in ("sequence", "pooled", "mlm", "embeddings", "embeddings_ids"):
         assert report[key] <= 1e-5, (key, report)
+
+
+def test_encoder_export_stores_each_variable_once(exported):
+    bundle, _, paths, _ = exported
+    saved = tf.train.list_variables(os.path.join(paths["encoder"], "variables", "variables"))
+    embedding_shape = list(bundle.encoder.token_embedding.embeddings.shape)
+    # Once, although the encoder is reachable both as `_encoder` and through `.variables`.
+    assert sum(shape == embedding_shape for _, shape in saved) == 1
+    reloaded = tf.saved_model.load(paths["encoder"])
+    ids = tf.constant([[2, 40, 41, 3]])
+    x = dict(input_word_ids=ids, input_mask=tf.ones_like(ids), input_type_ids=0 * ids)
+    before = reloaded(x)["pooled_output"].numpy()
+    for v in reloaded.trainable_variables:  # the very variables the functions compute with
+        v.assign(tf.zeros_like(v))
+    assert np.max(np.abs(reloaded(x)["pooled_output"].numpy() - before)) > 1e-3

@@ -71,8 +71,8 @@ class HubEncoder(tf.__internal__.tracking.AutoTrackable):
         super().__init__()
         self._encoder = encoder
         self.max_sequence_length = encoder.max_sequence_length
-        self.variables = [v.value for v in encoder.weights]
-        self.trainable_variables = [v.value for v in encoder.trainable_weights]
+        self.variables = list(encoder.weights)
+        self.trainable_variables = list(encoder.trainable_weights)
         self.regularization_losses = []
         # Dropout RNG states: the training=True trace reads them.
         self._rng_states = dropout_rng_states(encoder)
