@@ -117,18 +117,23 @@ print(json.dumps({
 """
 
 
-def test_fresh_process_reproduces_the_in_memory_model(exported):
-    bundle, aligner, paths, tmp_path = exported
+def _fresh_process_round_trip(bundle, aligner, paths, tmp_path):
+    """Reference outputs here, the exports' outputs in a TF-only process."""
     sentences = _sentences()
     np.savez(tmp_path / "ref.npz", **_reference(bundle, aligner, sentences))
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, json.dumps(paths), str(tmp_path / "ref.npz"),
          json.dumps(sentences)],
-        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=""),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_process_reproduces_the_in_memory_model(exported):
+    bundle, aligner, paths, tmp_path = exported
+    report = _fresh_process_round_trip(bundle, aligner, paths, tmp_path)
     assert report["ids_equal"] and report["mask_equal"]
     for key in ("sequence", "pooled", "default", "mlm", "embeddings", "embeddings_ids"):
         assert report[key] <= 1e-5, (key, report)
@@ -331,16 +336,7 @@ def test_embedded_e5_export_round_trip(tmp_path):
     paths = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, str(tmp_path / "e5"),
                                           mlm_head=aligner.mlm_head, pooling="mean",
                                           seq_length=64)
-    sentences = _sentences()
-    np.savez(tmp_path / "ref.npz", **_reference(bundle, aligner, sentences))
-    result = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS, json.dumps(paths), str(tmp_path / "ref.npz"),
-         json.dumps(sentences)],
-        capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=""),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = _fresh_process_round_trip(bundle, aligner, paths, tmp_path)
     print("e5 export round trip:", report)
     assert report["ids_equal"] and report["layers"] == 12
     for key in ("sequence", "pooled", "mlm", "embeddings", "embeddings_ids"):
