@@ -10,6 +10,7 @@ import json
 
 from absl import flags
 
+from tf_mbalign import distribute
 from tf_mbalign.data.pipeline import PipelineConfig
 
 
@@ -107,6 +108,15 @@ class TrainConfig:
         values["languages"] = tuple(values["languages"])
         return cls(**values)
 
+    @classmethod
+    def from_json_file(cls, path, **overrides):
+        """The config a run wrote to its flags.json (fields overridable)."""
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+        values["languages"] = tuple(values.get("languages", ()))
+        values.update(overrides)
+        return cls(**values)
+
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -153,8 +163,8 @@ HELP = {
 }
 CHOICES = {
     "pooling": ["cls", "mean"],
-    "strategy": ["default", "mirrored", "multi_worker_mirrored", "tpu"],
-    "precision": ["float32", "mixed_float16", "mixed_bfloat16"],
+    "strategy": list(distribute.STRATEGIES),
+    "precision": list(distribute.PRECISIONS),
 }
 FLAGS = flags.FLAGS
 

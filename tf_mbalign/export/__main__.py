@@ -11,7 +11,6 @@ from tf_mbalign import runtime
 
 runtime.import_tensorflow_quietly()
 
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -35,11 +34,7 @@ def main(argv):
         print(f"error: {flags_path} not found: --model_dir must be a training run's "
               "directory.", file=sys.stderr)
         return 2
-    with open(flags_path, encoding="utf-8") as f:
-        values = json.load(f)
-    values["languages"] = tuple(values.get("languages", ()))
-    values["model_dir"] = _MODEL_DIR.value
-    config = TrainConfig(**values)
+    config = TrainConfig.from_json_file(flags_path, model_dir=_MODEL_DIR.value)
     try:
         bundle, aligner, checkpoint = restore_for_export(config)
     except FileNotFoundError as error:

@@ -30,6 +30,15 @@ def _specs():
     return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES}
 
 
+def encoder_inputs(inputs):
+    """TF-Hub input names -> `BertEncoder` input names."""
+    return {
+        "token_ids": inputs["input_word_ids"],
+        "segment_ids": inputs["input_type_ids"],
+        "padding_mask": inputs["input_mask"],
+    }
+
+
 def check_inputs(inputs, max_sequence_length):
     """Clear errors for malformed requests, inside the graph."""
     # Signatures do not check shapes at run time; EnsureShape does.
@@ -88,14 +97,7 @@ class HubEncoder(tf.__internal__.tracking.AutoTrackable):
 
     def _call(self, inputs, training=False):
         inputs = check_inputs(inputs, self.max_sequence_length)
-        outputs = self._encoder(
-            {
-                "token_ids": inputs["input_word_ids"],
-                "segment_ids": inputs["input_type_ids"],
-                "padding_mask": inputs["input_mask"],
-            },
-            training=training,
-        )
+        outputs = self._encoder(encoder_inputs(inputs), training=training)
         return {
             "pooled_output": outputs["pooled_output"],
             "sequence_output": outputs["sequence_output"],

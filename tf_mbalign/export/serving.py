@@ -32,11 +32,7 @@ class SentenceEmbeddingServer(tf.__internal__.tracking.AutoTrackable):
 
     def _embed(self, inputs):
         inputs = hub_encoder.check_inputs(inputs, self.max_sequence_length)
-        outputs = self._encoder(
-            {"token_ids": inputs["input_word_ids"], "segment_ids": inputs["input_type_ids"],
-             "padding_mask": inputs["input_mask"]},
-            training=False,
-        )
+        outputs = self._encoder(hub_encoder.encoder_inputs(inputs), training=False)
         x = sentence_representation(outputs["encoder_outputs"], inputs["input_mask"],
                                     self.layer, self.pooling)
         return {"embeddings": tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)}
