@@ -55,6 +55,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     quiet: bool = False
     export: bool = True
+    retrieval_data: str = ""
+    retrieval_every: int = 0
+    retrieval_pairs: int = 200
 
     def __post_init__(self):
         problems = [
@@ -82,6 +85,8 @@ class TrainConfig:
             problems.append("--train_steps and --head_warmup_steps must be >= 0")
         if self.steps_per_loop < 1 or self.checkpoint_every < 1:
             problems.append("--steps_per_loop and --checkpoint_every must be >= 1")
+        if self.retrieval_every < 0 or self.retrieval_pairs < 1:
+            problems.append("--retrieval_every must be >= 0 and --retrieval_pairs >= 1")
         if self.jit_compile and self.strategy == "mirrored":
             problems.append("--jit_compile with --strategy=mirrored fails on CPU in TF 2.21; drop one")
         if problems:
@@ -160,6 +165,10 @@ HELP = {
     "keep_checkpoints": "Checkpoints kept in model_dir.",
     "quiet": "Log lines instead of a progress bar (for log files).",
     "export": "Export the aligned encoder to model_dir/export at the end.",
+    "retrieval_data": "A Tatoeba-style dir (XX-en.XX, XX-en.en): log retrieval accuracy per "
+                      "language to TensorBoard and metrics.jsonl while training ('' = off).",
+    "retrieval_every": "Retrieval evaluation period in steps (0 = --checkpoint_every).",
+    "retrieval_pairs": "Pairs per language for --retrieval_data (the first ones).",
 }
 CHOICES = {
     "pooling": ["cls", "mean"],

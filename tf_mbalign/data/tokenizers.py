@@ -5,6 +5,7 @@ Both run inside the TensorFlow graph (tensorflow-text ops), so they go into
 BERT-style packing and masking need:
 
     tokenizer.tokenize(strings)  # tf.string [batch] -> int32 RaggedTensor
+    tokenizer.tokenize_with_offsets(strings)  # + UTF-8 byte start/end offsets
     tokenizer.cls_id, sep_id, pad_id, mask_id, unk_id, vocabulary_size
     tokenizer.special_ids         # never masked, never drawn as random tokens
     tokenizer.random_id_range     # [low, high) of ordinary tokens for 80/10/10
@@ -36,6 +37,19 @@ class SubwordTokenizer(tf.Module):
 
     def tokenize(self, strings):
         raise NotImplementedError
+
+    def after_reseed(self):
+        """The tokenizer to use after `tf.random.set_seed` / `keras.utils.set_random_seed`.
+
+        In eager mode setting the global seed clears TensorFlow's kernel
+        cache, which frees the SentencePiece op's resource; a SentencePiece
+        tokenizer must then be rebuilt. WordPiece has no such resource.
+        """
+        return self
+
+    def tokenize_with_offsets(self, strings):
+        """(ids, start, end): RaggedTensors; offsets are UTF-8 byte positions."""
+        return self._tokenizer.tokenize_with_offsets(strings)
 
     def describe(self):
         return {
@@ -88,6 +102,9 @@ class WordPieceTokenizer(SubwordTokenizer):
     def tokenize(self, strings):
         return self._tokenizer.tokenize(strings)
 
+    def describe(self):
+        return dict(super().describe(), lowercase=self.lowercase)
+
 
 class SentencePieceTokenizer(SubwordTokenizer):
     """A SentencePiece model in the XLM-R id layout.
@@ -123,3 +140,6 @@ class SentencePieceTokenizer(SubwordTokenizer):
 
     def tokenize(self, strings):
         return self._tokenizer.tokenize(strings)
+
+    def after_reseed(self):
+        return SentencePieceTokenizer(self.proto, self.vocabulary_size, name=self.name)

@@ -151,6 +151,7 @@ class AlignmentRun:
             self.checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints
         )
         self._functions = {}
+        self.retrieval = self._retrieval_callback()  # Reads its data now: fails early.
 
     # === Checkpoints ===
 
@@ -202,6 +203,23 @@ class AlignmentRun:
             kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
         _write_atomic(path, "".join(kept))
 
+    def _retrieval_callback(self):
+        """`--retrieval_data`: per-language retrieval in TensorBoard as it trains."""
+        config = self.config
+        if not config.retrieval_data or not self.chief:
+            return None
+        from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback
+
+        callback = RetrievalCallback(
+            config.retrieval_data, self.bundle.tokenizer,
+            log_dir=os.path.join(config.model_dir, "tensorboard"),
+            every_n_steps=config.retrieval_every or config.checkpoint_every,
+            max_pairs=config.retrieval_pairs, pooling=config.pooling,
+            layer=config.representation_layer, max_length=config.max_sentence_length,
+        )
+        callback.set_model(self.aligner)
+        return callback
+
     # === The run ===
 
     def run(self):
@@ -230,6 +248,11 @@ class AlignmentRun:
             config.global_batch_size, start_example=int(self.examples_consumed.numpy()),
         )
         iterator = iter(dataset)
+        retrieval = self.retrieval
+        if retrieval is not None and start == 0:
+            retrieval.evaluate(0)  # Where alignment starts from.
+        retrieval_every = (config.retrieval_every or config.checkpoint_every
+                           if config.retrieval_data else 0)
         progress = _Progress(config.total_steps, start, config.quiet, self.chief)
         history = []
         step = start
@@ -238,6 +261,8 @@ class AlignmentRun:
             boundary = config.head_warmup_steps if not train_encoder else config.total_steps
             n = min(config.steps_per_loop, boundary - step,
                     config.checkpoint_every - step % config.checkpoint_every)
+            if retrieval_every:  # Same on every worker (MWMS steps in lockstep).
+                n = min(n, retrieval_every - step % retrieval_every)
             self._loop_function(train_encoder)(iterator, tf.constant(n))
             step += n
             self.step.assign(step)
@@ -245,6 +270,8 @@ class AlignmentRun:
             logs = self._read_metrics(train_encoder)
             logs["step"] = step
             logs["phase"] = "encoder" if train_encoder else "head_warmup"
+            if retrieval is not None:
+                retrieval.on_train_batch_end(step, logs)
             history.append(logs)
             if self.chief:
                 with open(metrics_path, "a", encoding="utf-8") as f:

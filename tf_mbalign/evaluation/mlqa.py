@@ -1,0 +1,359 @@
+"""MLQA (extractive QA, SQuAD v1.1 format): fine-tuning and evaluation.
+
+Data (`read_mlqa_dir`): a directory of `dev-context-C-question-Q.json` files
+(or `train-…` + `test-…`), SQuAD v1.1 JSON, question ids shared across
+languages (the same QA instance translated). With only `dev-…` files the
+MLQA-mini protocol of ../shared/data/README.md applies: a question trains
+when int(id, 16) % 2 == 0, else it is a test question.
+
+Settings:
+- `zero_shot`: fine-tune on the training questions of context-en-question-en.
+- `code_switch`: the same questions, each one's question and context
+  replaced, independently with probability p, by a translation of the same
+  QA instance in another language when the data has one (a question text
+  from any file whose question language is that language; a context with
+  its answers from any file whose context language is it):
+  `tf_mbalign.data.code_switching`.
+Evaluation: every context–question pair's test questions, SQuAD F1/EM with
+MLQA's normalization for the context language (`mlqa_metrics`).
+
+Long contexts are split into windows of `max_seq_length` tokens with
+`doc_stride` tokens between window starts; a window's label is the answer's
+token span when the answer lies inside, else [CLS] (position 0). At test time
+the best-scoring span of at most `max_answer_length` tokens over all windows
+of a question is the answer.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_mbalign.data.code_switching import code_switch
+from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.evaluation import mlqa_metrics, reports
+from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
+from tf_mbalign.modeling.span_extractor import SpanExtractor
+from tf_mbalign.training.finetuning import FineTuner, span_loss
+
+SETTINGS = ("zero_shot", "code_switch")
+_FILE = re.compile(r"^(dev|train|test)-context-([A-Za-z_-]+)-question-([A-Za-z_-]+)\.json$")
+_CHUNK = 256
+
+
+@dataclasses.dataclass
+class QaExample:
+    qid: str
+    question: str
+    context: str
+    answers: list  # [{"text", "answer_start"}]
+    context_language: str
+    question_language: str
+    source: str  # "file#id"
+
+
+def read_squad_file(path, context_language, question_language):
+    """QaExamples of one SQuAD v1.1 file; answer spans are checked."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)["data"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a SQuAD v1.1 JSON file ({error}).") from error
+    examples = []
+    for article in data:
+        for paragraph in article["paragraphs"]:
+            context = paragraph["context"]
+            for qa in paragraph["qas"]:
+                for answer in qa["answers"]:
+                    start = answer["answer_start"]
+                    if context[start: start + len(answer["text"])] != answer["text"]:
+                        raise ValueError(
+                            f"{path}: question {qa['id']}: answer {answer['text']!r} is not at "
+                            f"character {start} of its context.")
+                examples.append(QaExample(qa["id"], qa["question"], context, qa["answers"],
+                                          context_language, question_language,
+                                          f"{path}#{qa['id']}"))
+    return examples
+
+
+def is_train_question(qid):
+    """MLQA-mini split: int(id, 16) % 2 == 0 trains."""
+    return int(qid, 16) % 2 == 0
+
+
+def read_mlqa_dir(data_dir, pairs=None):
+    """{"train"|"test": {(context_lang, question_lang): [QaExample]}}."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: no such directory (expected "
+                                "dev-context-C-question-Q.json files, e.g. ../shared/data/mlqa).")
+    files = {}
+    for name in sorted(os.listdir(data_dir)):
+        match = _FILE.match(name)
+        if match:
+            files.setdefault((match.group(2), match.group(3)), {})[match.group(1)] = \
+                os.path.join(data_dir, name)
+    if pairs:
+        missing = [p for p in pairs if p not in files]
+        if missing:
+            raise FileNotFoundError(
+                f"{data_dir}: no file for context-question pair(s) "
+                f"{', '.join('-'.join(p) for p in missing)}.")
+        files = {p: files[p] for p in pairs}
+    if ("en", "en") not in files:
+        raise FileNotFoundError(f"{data_dir}: no dev-context-en-question-en.json: English "
+                                "training questions are needed.")
+    out = {"train": {}, "test": {}}
+    for pair, paths in files.items():
+        if "train" in paths and "test" in paths:
+            out["train"][pair] = read_squad_file(paths["train"], *pair)
+            out["test"][pair] = read_squad_file(paths["test"], *pair)
+        elif "dev" in paths:
+            examples = read_squad_file(paths["dev"], *pair)
+            out["train"][pair] = [e for e in examples if is_train_question(e.qid)]
+            out["test"][pair] = [e for e in examples if not is_train_question(e.qid)]
+        else:
+            raise FileNotFoundError(f"{data_dir}: context-{pair[0]}-question-{pair[1]} needs a "
+                                    "dev- file or both train- and test- files.")
+    return out
+
+
+def training_examples(data, setting, probability, rng):
+    """The English training questions, code-switched for `code_switch`."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    english = data["train"][("en", "en")]
+    if setting == "zero_shot":
+        return english
+    questions, contexts = {}, {}  # language -> qid -> segment
+    for (context_lang, question_lang), examples in data["train"].items():
+        for e in examples:
+            questions.setdefault(question_lang, {})[e.qid] = e.question
+            contexts.setdefault(context_lang, {})[e.qid] = (e.context, e.answers)
+    languages = sorted(set(questions) | set(contexts))
+    switched = []
+    for e in english:
+        translations = {lang: [questions.get(lang, {}).get(e.qid),
+                               contexts.get(lang, {}).get(e.qid)] for lang in languages}
+        (question, (context, answers)), langs = code_switch(
+            "en", [e.question, (e.context, e.answers)], translations, probability, rng)
+        switched.append(QaExample(e.qid, question, context, answers, langs[1], langs[0],
+                                  e.source))
+    return switched
+
+
+# === Features: windows over the context ===
+
+@dataclasses.dataclass
+class QaFeatures:
+    rows: list  # token ids per window
+    example_index: np.ndarray  # window -> example
+    context_start: np.ndarray  # first context token's position in the row
+    char_spans: list  # per window: [n_context_tokens, 2] char offsets in the context
+    start_positions: np.ndarray  # training labels (0 = [CLS]: answer not in window)
+    end_positions: np.ndarray
+
+
+def _char_offsets(text, byte_starts, byte_ends):
+    """UTF-8 byte offsets -> character offsets in `text`."""
+    char_byte = np.cumsum([0] + [len(c.encode("utf-8")) for c in text])
+    return (np.searchsorted(char_byte, byte_starts, side="right") - 1,
+            np.searchsorted(char_byte, byte_ends, side="left"))
+
+
+def tokenize_contexts(tokenizer, contexts):
+    """Per context: (ids, [n, 2] char spans)."""
+    out = []
+    for start in range(0, len(contexts), _CHUNK):
+        chunk = contexts[start: start + _CHUNK]
+        ids, starts, ends = tokenizer.tokenize_with_offsets(tf.constant(chunk))
+        for text, i, s, e in zip(chunk, ids.to_list(), starts.to_list(), ends.to_list()):
+            char_start, char_end = _char_offsets(text, s, e)
+            out.append((i, np.stack([char_start, char_end], axis=1).reshape(-1, 2)))
+    return out
+
+
+def featurize(tokenizer, examples, max_seq_length=256, doc_stride=128, max_query_length=64):
+    """Windows `[CLS] question [SEP] context window [SEP]` of every example."""
+    questions = tokenize_sentences(tokenizer, [e.question for e in examples])
+    unique = {}
+    for e in examples:
+        unique.setdefault(e.context, len(unique))
+    context_tokens = tokenize_contexts(tokenizer, list(unique))
+    features = QaFeatures([], [], [], [], [], [])
+    for n, (e, question) in enumerate(zip(examples, questions)):
+        question = question[:max_query_length]
+        ids, spans = context_tokens[unique[e.context]]
+        budget = max_seq_length - len(question) - 3
+        answer = e.answers[0] if e.answers else None
+        if answer is not None and len(spans):
+            a_start, a_end = answer["answer_start"], answer["answer_start"] + len(answer["text"])
+            inside = np.nonzero((spans[:, 1] > a_start) & (spans[:, 0] < a_end))[0]
+            token_span = (inside[0], inside[-1]) if len(inside) else None
+        else:
+            token_span = None
+        offset = len(question) + 2
+        window_start = 0
+        while True:
+            window = slice(window_start, window_start + budget)
+            features.rows.append([tokenizer.cls_id, *question, tokenizer.sep_id, *ids[window],
+                                  tokenizer.sep_id])
+            features.example_index.append(n)
+            features.context_start.append(offset)
+            features.char_spans.append(spans[window])
+            label = (0, 0)
+            if token_span and token_span[0] >= window_start and \
+                    token_span[1] < window_start + budget:
+                label = (token_span[0] - window_start + offset,
+                         token_span[1] - window_start + offset)
+            features.start_positions.append(label[0])
+            features.end_positions.append(label[1])
+            if window_start + budget >= len(ids):
+                break
+            window_start += doc_stride
+    for name in ("example_index", "context_start", "start_positions", "end_positions"):
+        setattr(features, name, np.asarray(getattr(features, name), np.int32))
+    return features
+
+
+def best_spans(features, start_logits, end_logits, examples, n_best=20, max_answer_length=30):
+    """{qid: answer text}: the best span over all windows of each question."""
+    best = {}
+    for w in range(len(features.rows)):
+        spans = features.char_spans[w]
+        if not len(spans):
+            continue
+        offset = features.context_start[w]
+        starts = start_logits[w][offset: offset + len(spans)]
+        ends = end_logits[w][offset: offset + len(spans)]
+        top_starts = np.argsort(-starts)[:n_best]
+        top_ends = np.argsort(-ends)[:n_best]
+        n = features.example_index[w]
+        for s in top_starts:
+            for e in top_ends:
+                if e < s or e - s + 1 > max_answer_length:
+                    continue
+                score = starts[s] + ends[e]
+                if n not in best or score > best[n][0]:
+                    best[n] = (score, spans[s][0], spans[e][1])
+    answers = {}
+    for n, example in enumerate(examples):
+        if n in best:
+            _, char_start, char_end = best[n]
+            answers[example.qid] = example.context[char_start:char_end].strip()
+        else:
+            answers[example.qid] = ""
+    return answers
+
+
+def metric_language(language):
+    """MLQA's normalization for `language`; others: no articles, whitespace tokens."""
+    return language if language in mlqa_metrics.SUPPORTED_LANGUAGES else "hi"
+
+
+def score(examples, answers, language):
+    """SQuAD v1.1 F1 / EM (fractions) with MLQA's normalization."""
+    language = metric_language(language)
+    f1, em = [], []
+    for e in examples:
+        truths = [a["text"] for a in e.answers]
+        f1.append(mlqa_metrics.metric_max_over_ground_truths(
+            mlqa_metrics.f1_score, answers[e.qid], truths, language))
+        em.append(float(mlqa_metrics.metric_max_over_ground_truths(
+            mlqa_metrics.exact_match_score, answers[e.qid], truths, language)))
+    return float(np.mean(f1)), float(np.mean(em))
+
+
+# === One run per seed, then the report ===
+
+@dataclasses.dataclass(frozen=True)
+class MlqaConfig:
+    setting: str = "zero_shot"
+    code_switch_probability: float = 0.5
+    max_seq_length: int = 256
+    doc_stride: int = 128
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    max_train_examples: int = 0
+    max_eval_examples: int = 0  # > 0: the first N test questions of each pair
+    seeds: tuple = (0,)
+
+
+def predict_spans(tuner, features, pad_id, batch_size=32):
+    start_logits, end_logits = [None] * len(features.rows), [None] * len(features.rows)
+    for index in length_grouped_batches([len(r) for r in features.rows], batch_size):
+        starts, ends = tuner.predict(pad_rows([features.rows[i] for i in index], pad_id))
+        for j, i in enumerate(index):
+            start_logits[i] = starts[j].numpy()
+            end_logits[i] = ends[j].numpy()
+    return start_logits, end_logits
+
+
+def run_mlqa(trained, data, config, finetune, log=print, progress=True):
+    """Fine-tunes per seed, evaluates every context–question pair; a report."""
+    started = time.time()
+    tokenizer, encoder = trained.tokenizer, trained.encoder
+    test = {pair: examples[: config.max_eval_examples or None]
+            for pair, examples in sorted(data["test"].items())}
+    test_features = {pair: featurize(tokenizer, examples, config.max_seq_length,
+                                     config.doc_stride, config.max_query_length)
+                     for pair, examples in test.items()}
+    initial_weights = encoder.get_weights()
+    rows = {f"{c}-{q}": [] for c, q in test}
+    per_seed = {"f1": {k: [] for k in rows}, "exact_match": {k: [] for k in rows}}
+    losses = []
+    for seed in config.seeds:
+        keras.utils.set_random_seed(seed)
+        tokenizer = tokenizer.after_reseed()
+        encoder.set_weights(initial_weights)
+        rng = np.random.RandomState(seed)
+        examples = training_examples(data, config.setting, config.code_switch_probability, rng)
+        if config.max_train_examples:
+            examples = [examples[i] for i in rng.permutation(len(examples))
+                        [: config.max_train_examples]]
+        features = featurize(tokenizer, examples, config.max_seq_length, config.doc_stride,
+                             config.max_query_length)
+        model = SpanExtractor(encoder, name="mlqa_span_extractor")
+        steps = finetune.total_steps(len(features.rows))
+        tuner = FineTuner(model, span_loss, finetune, steps,
+                           pad_rows(features.rows[:2], tokenizer.pad_id))
+        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if progress else 0)
+        step, run_losses = 0, []
+        while step < steps:
+            for index in length_grouped_batches([len(r) for r in features.rows],
+                                                finetune.batch_size, rng):
+                labels = {"start_positions": features.start_positions[index],
+                          "end_positions": features.end_positions[index]}
+                run_losses.append(tuner.train_step(
+                    pad_rows([features.rows[i] for i in index], tokenizer.pad_id), labels))
+                step += 1
+                bar.update(step, [("loss", float(np.mean(run_losses[-20:])))])
+                if step == steps:
+                    break
+        losses.append(run_losses)
+        for (c, q), examples_cq in test.items():
+            f = test_features[(c, q)]
+            starts, ends = predict_spans(tuner, f, tokenizer.pad_id)
+            answers = best_spans(f, starts, ends, examples_cq,
+                                 max_answer_length=config.max_answer_length)
+            f1, em = score(examples_cq, answers, c)
+            per_seed["f1"][f"{c}-{q}"].append(f1)
+            per_seed["exact_match"][f"{c}-{q}"].append(em)
+        log(f"seed {seed}: F1 " + " ".join(f"{k}={v[-1] * 100:.1f}"
+                                           for k, v in per_seed["f1"].items()))
+    encoder.set_weights(initial_weights)
+    metrics, average = reports.summarize(per_seed)
+    return {
+        "task": "mlqa", "setting": config.setting, "encoder": trained.source,
+        "metrics": metrics, "average": average,
+        "training_loss": {"first_20": [float(np.mean(x[:20])) for x in losses],
+                          "last_20": [float(np.mean(x[-20:])) for x in losses]},
+        "train_questions": len(examples), "train_windows": len(features.rows), "steps": steps,
+        "test_questions": {f"{c}-{q}": len(e) for (c, q), e in test.items()},
+        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
+        "wall_seconds": round(time.time() - started, 1),
+    }

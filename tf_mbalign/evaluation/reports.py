@@ -1,0 +1,130 @@
+"""Evaluation reports: a JSON of every figure, a Markdown table, a PNG plot.
+
+A report is a dict:
+
+    {"task": "xnli", "model": "aligned", "encoder": "...", "setting": "zero_shot",
+     "metrics": {"accuracy": {"de": {"mean": .., "std": .., "values": [per seed]}, ...}},
+     "average": {"accuracy": {"mean": .., "std": .., "values": [per seed]}},
+     "config": {...}, "wall_seconds": ..}
+
+`summarize(per_seed)` builds `metrics` and `average` from per-seed results;
+`write_report(reports, path_prefix)` writes `<prefix>.json`, `.md` and `.png`
+for one report, or for several side by side (e.g. unaligned vs aligned).
+"""
+
+import json
+import os
+
+import numpy as np
+
+
+def summarize(per_seed):
+    """{metric: {row: [value per seed]}} -> (metrics, average) of a report.
+
+    The average over rows is taken per seed first, so its spread is the spread
+    of the average, not of the rows.
+    """
+    metrics, average = {}, {}
+    for metric, rows in per_seed.items():
+        metrics[metric] = {row: _stats(values) for row, values in rows.items()}
+        per_seed_average = np.mean([values for values in rows.values()], axis=0)
+        average[metric] = _stats(per_seed_average.tolist())
+    return metrics, average
+
+
+def _stats(values):
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+
+def _cell(stats, scale):
+    if len(stats["values"]) > 1:
+        return f"{stats['mean'] * scale:.1f} ± {stats['std'] * scale:.1f}"
+    return f"{stats['mean'] * scale:.1f}"
+
+
+def markdown_table(reports, scale=100.0):
+    """One table per metric: a row per language, a column per report."""
+    reports = list(reports)
+    labels = [r["model"] for r in reports]
+    lines = []
+    for metric in reports[0]["metrics"]:
+        rows = list(reports[0]["metrics"][metric])
+        header = ["", *labels] + (["Δ (last − first)"] if len(reports) > 1 else [])
+        lines += [f"**{reports[0]['task']} {metric}** ({reports[0].get('setting', '')}, "
+                  f"×{scale:g}; mean ± std over seeds where several)", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in [*rows, "average"]:
+            cells = []
+            for report in reports:
+                stats = (report["average"][metric] if row == "average"
+                         else report["metrics"][metric].get(row))
+                cells.append(_cell(stats, scale) if stats else "–")
+            if len(reports) > 1:
+                first, last = (
+                    (r["average"][metric] if row == "average" else r["metrics"][metric].get(row))
+                    for r in (reports[0], reports[-1]))
+                cells.append(f"{(last['mean'] - first['mean']) * scale:+.1f}"
+                             if first and last else "–")
+            name = f"**{row}**" if row == "average" else row
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(reports, path, scale=100.0):
+    """Grouped bars per language (one bar per report), one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = list(reports)
+    metrics = list(reports[0]["metrics"])
+    figure, axes = plt.subplots(len(metrics), 1, figsize=(10, 3.6 * len(metrics)), squeeze=False)
+    width = 0.8 / len(reports)
+    for axis, metric in zip(axes[:, 0], metrics):
+        rows = [*reports[0]["metrics"][metric], "average"]
+        x = np.arange(len(rows))
+        for i, report in enumerate(reports):
+            stats = [report["average"][metric] if row == "average"
+                     else report["metrics"][metric].get(row, {"mean": np.nan, "std": 0.0})
+                     for row in rows]
+            spread = [s["std"] * scale for s in stats]
+            axis.bar(x + (i - (len(reports) - 1) / 2) * width,
+                     [s["mean"] * scale for s in stats], width,
+                     yerr=spread if any(spread) else None, capsize=2, label=report["model"])
+        axis.set_xticks(x)
+        axis.set_xticklabels(rows, rotation=30 if max(len(r) for r in rows) > 4 else 0)
+        axis.set_ylabel(f"{metric} (×{scale:g})")
+        axis.set_title(f"{reports[0]['task']} — {metric} ({reports[0].get('setting', '')})")
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_report(reports, path_prefix):
+    """Writes `<prefix>.json`, `<prefix>.md`, `<prefix>.png`; returns their paths."""
+    if isinstance(reports, dict):
+        reports = [reports]
+    os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
+    paths = {ext: f"{path_prefix}.{ext}" for ext in ("json", "md", "png")}
+    _write_atomic(paths["json"], json.dumps(reports if len(reports) > 1 else reports[0],
+                                            indent=2, ensure_ascii=False) + "\n")
+    _write_atomic(paths["md"], markdown_table(reports) + "\n")
+    plot(reports, paths["png"])
+    return paths
+
+
+def read_report(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

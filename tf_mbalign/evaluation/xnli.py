@@ -1,0 +1,280 @@
+"""XNLI fine-tuning and zero-shot / translate-train / code-switched evaluation.
+
+Data (`read_xnli_dir`): a directory of `dev-XX.tsv` (or `train-XX.tsv` +
+`test-XX.tsv`) files, `premise<TAB>hypothesis<TAB>label`, rows line-aligned
+across languages (row i of every file is the same example translated). With
+only `dev-XX.tsv`, the XNLI-mini protocol of ../shared/data/README.md
+applies: rows with i % 3 != 2 train, rows with i % 3 == 2 test. `--data=tfds`
+uses TFDS instead (online): MNLI (`multi_nli`) English training data, its
+machine translations (`xtreme_xnli`) for translate-train, and the XNLI test
+set (`xnli`).
+
+Settings (`SETTINGS`):
+- `zero_shot`: train on the English training rows only.
+- `translate_train`: train on the training rows of every training language
+  (English included), each row in each language an example.
+- `code_switch`: translate-train where each example's premise and hypothesis
+  are each replaced, with probability p, by the same row's segment in English
+  (non-English examples) or in a random other training language (English
+  examples): `tf_mbalign.data.code_switching`.
+Test rows are never trained on; every language is evaluated on its test rows.
+"""
+
+import dataclasses
+import os
+import re
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_mbalign.data.code_switching import code_switch
+from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.data.tlm_masking import truncate_pair_lengths
+from tf_mbalign.evaluation import reports
+from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
+from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier
+from tf_mbalign.training.finetuning import FineTuner, classification_loss
+
+LABELS = ("entailment", "neutral", "contradiction")
+SETTINGS = ("zero_shot", "translate_train", "code_switch")
+_FILE = re.compile(r"^(dev|train|test)-([A-Za-z_-]+)\.tsv$")
+
+
+@dataclasses.dataclass
+class NliData:
+    """Line-aligned examples: `train[lang][i]` translates `train["en"][i]`.
+
+    Each example is (premise, hypothesis, label id, "file:line").
+    """
+
+    train: dict
+    test: dict
+
+
+def _read_tsv(path):
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 3:
+                raise ValueError(f"{path}:{number}: expected premise<TAB>hypothesis<TAB>label, "
+                                 f"found {len(fields)} field(s).")
+            premise, hypothesis, label = fields
+            if label not in LABELS:
+                raise ValueError(f"{path}:{number}: label {label!r} is not one of {LABELS}.")
+            if not premise.strip() or not hypothesis.strip():
+                raise ValueError(f"{path}:{number}: empty premise or hypothesis.")
+            rows.append((premise, hypothesis, LABELS.index(label), f"{path}:{number}"))
+    return rows
+
+
+def read_xnli_dir(data_dir, languages=None):
+    """`NliData` from a directory (module docstring); checks the row alignment."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"{data_dir}: no such directory (expected dev-XX.tsv files, "
+                                "e.g. ../shared/data/xnli).")
+    files = {}
+    for name in os.listdir(data_dir):
+        match = _FILE.match(name)
+        if match:
+            files.setdefault(match.group(2), {})[match.group(1)] = os.path.join(data_dir, name)
+    if languages:
+        missing = sorted(set(languages) - set(files))
+        if missing:
+            raise FileNotFoundError(f"{data_dir}: no data for {', '.join(missing)} "
+                                    f"(found: {', '.join(sorted(files)) or 'none'}).")
+        files = {lang: files[lang] for lang in languages}
+    if "en" not in files:
+        raise FileNotFoundError(f"{data_dir}: no English file (dev-en.tsv or train-en.tsv): "
+                                "English training data is needed for every setting.")
+    train, test = {}, {}
+    for lang, paths in sorted(files.items()):
+        if "train" in paths and "test" in paths:
+            train[lang], test[lang] = _read_tsv(paths["train"]), _read_tsv(paths["test"])
+        elif "dev" in paths:  # XNLI-mini
+            rows = _read_tsv(paths["dev"])
+            train[lang] = [r for i, r in enumerate(rows) if i % 3 != 2]
+            test[lang] = [r for i, r in enumerate(rows) if i % 3 == 2]
+        else:
+            raise FileNotFoundError(f"{data_dir}: {lang} has {sorted(paths)} files; expected "
+                                    f"dev-{lang}.tsv or both train-{lang}.tsv and test-{lang}.tsv.")
+    for split in (train, test):
+        for lang, rows in split.items():
+            _check_aligned(split["en"], rows, lang)
+    return NliData(train, test)
+
+
+def _check_aligned(english, rows, lang):
+    if len(rows) != len(english):
+        raise ValueError(f"{rows[0][3].rsplit(':', 1)[0] if rows else lang}: {len(rows)} rows "
+                         f"but English has {len(english)}; rows must be translations line by line.")
+    for (_, _, label_en, source_en), (_, _, label, source) in zip(english, rows):
+        if label != label_en:
+            raise ValueError(f"{source}: label {LABELS[label]} differs from {source_en} "
+                             f"({LABELS[label_en]}); the files are not line-aligned.")
+
+
+def read_xnli_tfds(languages, max_train_examples=0):
+    """`NliData` from TFDS (needs internet the first time): MNLI + xtreme_xnli + xnli."""
+    import tensorflow_datasets as tfds
+
+    def take(name, split):
+        limit = f"[:{max_train_examples}]" if max_train_examples and split == "train" else ""
+        return tfds.as_numpy(tfds.load(name, split=split + limit))
+
+    train = {"en": [_decode_nli(x["premise"], x["hypothesis"], x["label"], f"multi_nli:{i}")
+                    for i, x in enumerate(take("multi_nli", "train"))]}
+    others = [lang for lang in languages if lang != "en"]
+    if others:
+        for lang in others:
+            train[lang] = []
+        for i, x in enumerate(take("xtreme_xnli", "train")):
+            hypotheses = dict(zip(x["hypothesis"]["language"], x["hypothesis"]["translation"]))
+            for lang in others:
+                train[lang].append(_decode_nli(x["premise"][lang], hypotheses[lang.encode()],
+                                               x["label"], f"xtreme_xnli:{i}"))
+    test = {lang: [] for lang in languages}
+    for i, x in enumerate(take("xnli", "test")):
+        hypotheses = dict(zip(x["hypothesis"]["language"], x["hypothesis"]["translation"]))
+        for lang in languages:
+            test[lang].append(_decode_nli(x["premise"][lang], hypotheses[lang.encode()],
+                                          x["label"], f"xnli:test:{i}"))
+    return NliData(train, test)
+
+
+def _decode_nli(premise, hypothesis, label, source):
+    text = [s.decode("utf-8") if isinstance(s, bytes) else s for s in (premise, hypothesis)]
+    return (text[0], text[1], int(label), source)
+
+
+# === Training examples per setting ===
+
+def training_examples(data, setting, train_languages, probability, rng):
+    """[(premise, hypothesis, label)] for a setting (module docstring)."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    if setting == "zero_shot":
+        return [(p, h, y) for p, h, y, _ in data.train["en"]]
+    languages = [lang for lang in train_languages if lang in data.train]
+    examples = []
+    for lang in languages:
+        for i, (premise, hypothesis, label, _) in enumerate(data.train[lang]):
+            if setting == "code_switch":
+                translations = {other: data.train[other][i][:2] for other in languages}
+                (premise, hypothesis), _ = code_switch(
+                    lang, [premise, hypothesis], translations, probability, rng)
+            examples.append((premise, hypothesis, label))
+    return examples
+
+
+# === Features ===
+
+def encode_pairs(tokenizer, premises, hypotheses, max_length):
+    """`[CLS] premise [SEP] hypothesis [SEP]` rows, fairly truncated."""
+    first, second = tokenize_sentences(tokenizer, premises), tokenize_sentences(tokenizer, hypotheses)
+    keep_first, keep_second = truncate_pair_lengths(
+        tf.constant([len(x) for x in first]), tf.constant([len(x) for x in second]),
+        max_length - 3)
+    return [[tokenizer.cls_id, *a[:i], tokenizer.sep_id, *b[:j], tokenizer.sep_id]
+            for a, b, i, j in zip(first, second, keep_first.numpy(), keep_second.numpy())]
+
+
+def predict_labels(tuner, rows, pad_id, batch_size=64):
+    """Argmax label of every row, in the rows' order (batches are length-sorted)."""
+    predictions = np.zeros(len(rows), np.int64)
+    for index in length_grouped_batches([len(r) for r in rows], batch_size):
+        logits = tuner.predict(pad_rows([rows[i] for i in index], pad_id))
+        predictions[index] = np.argmax(np.asarray(logits), axis=-1)
+    return predictions
+
+
+def accuracy(tuner, rows, gold, pad_id, batch_size=64):
+    """Share of rows whose predicted label is the gold one."""
+    return float(np.mean(predict_labels(tuner, rows, pad_id, batch_size) == np.asarray(gold)))
+
+
+# === One run per seed, then the report ===
+
+@dataclasses.dataclass(frozen=True)
+class XnliConfig:
+    setting: str = "zero_shot"
+    train_languages: tuple = ()  # default: every language in the data
+    eval_languages: tuple = ()  # default: every language in the data
+    code_switch_probability: float = 0.5
+    max_seq_length: int = 128
+    max_train_examples: int = 0  # > 0: the first N examples after shuffling
+    max_eval_examples: int = 0  # > 0: the first N test rows of each language
+    seeds: tuple = (0,)
+
+
+def run_xnli(trained, data, config, finetune, log=print, progress=True):
+    """Fine-tunes `trained.encoder` per seed and evaluates every language.
+
+    Returns a report dict (`tf_mbalign.evaluation.reports`).
+    """
+    started = time.time()
+    tokenizer, encoder = trained.tokenizer, trained.encoder
+    eval_languages = list(config.eval_languages or sorted(data.test))
+    train_languages = list(config.train_languages or sorted(data.train))
+    test_rows = {}
+    for lang in eval_languages:
+        rows = data.test[lang][: config.max_eval_examples or None]
+        test_rows[lang] = (encode_pairs(tokenizer, [r[0] for r in rows], [r[1] for r in rows],
+                                        config.max_seq_length), np.array([r[2] for r in rows]))
+    initial_weights = encoder.get_weights()
+    per_seed = {"accuracy": {lang: [] for lang in eval_languages}}
+    losses = []
+    for seed in config.seeds:
+        keras.utils.set_random_seed(seed)
+        tokenizer = tokenizer.after_reseed()
+        encoder.set_weights(initial_weights)
+        rng = np.random.RandomState(seed)
+        examples = training_examples(data, config.setting, train_languages,
+                                     config.code_switch_probability, rng)
+        order = rng.permutation(len(examples))
+        if config.max_train_examples:
+            order = order[: config.max_train_examples]
+        examples = [examples[i] for i in order]
+        rows = encode_pairs(tokenizer, [e[0] for e in examples], [e[1] for e in examples],
+                            config.max_seq_length)
+        labels = np.array([e[2] for e in examples], np.int32)
+        model = SentencePairClassifier(encoder, num_classes=len(LABELS),
+                                       dropout=finetune.dropout, name="xnli_classifier")
+        steps = finetune.total_steps(len(rows))
+        tuner = FineTuner(model, classification_loss, finetune, steps,
+                           pad_rows(rows[:2], tokenizer.pad_id))
+        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if progress else 0)
+        step, run_losses = 0, []
+        while step < steps:
+            for index in length_grouped_batches([len(r) for r in rows], finetune.batch_size, rng):
+                loss = tuner.train_step(pad_rows([rows[i] for i in index], tokenizer.pad_id),
+                                        labels[index])
+                run_losses.append(loss)
+                step += 1
+                bar.update(step, [("loss", float(np.mean(run_losses[-20:])))])
+                if step == steps:
+                    break
+        losses.append(run_losses)
+        for lang in eval_languages:
+            rows_l, gold = test_rows[lang]
+            per_seed["accuracy"][lang].append(accuracy(tuner, rows_l, gold, tokenizer.pad_id))
+        log(f"seed {seed}: " + " ".join(
+            f"{lang}={per_seed['accuracy'][lang][-1]:.3f}" for lang in eval_languages)
+            + f" (training loss, last 20 steps: {np.mean(run_losses[-20:]):.3f})")
+    encoder.set_weights(initial_weights)
+    metrics, average = reports.summarize(per_seed)
+    return {
+        "task": "xnli", "setting": config.setting, "encoder": trained.source,
+        "metrics": metrics, "average": average,
+        "training_loss": {"first_20": [float(np.mean(x[:20])) for x in losses],
+                          "last_20": [float(np.mean(x[-20:])) for x in losses]},
+        "train_examples": len(rows), "steps": steps,
+        "test_examples": {lang: len(test_rows[lang][1]) for lang in eval_languages},
+        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
+        "wall_seconds": round(time.time() - started, 1),
+    }
