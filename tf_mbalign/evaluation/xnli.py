@@ -127,24 +127,37 @@ def read_xnli_tfds(languages, max_train_examples=0):
         limit = f"[:{max_train_examples}]" if max_train_examples and split == "train" else ""
         return tfds.as_numpy(tfds.load(name, split=split + limit))
 
-    train = {"en": [_decode_nli(x["premise"], x["hypothesis"], x["label"], f"multi_nli:{i}")
-                    for i, x in enumerate(take("multi_nli", "train"))]}
     others = [lang for lang in languages if lang != "en"]
-    if others:
-        for lang in others:
-            train[lang] = []
+    if others:  # English from the same rows, so every language stays line-aligned.
+        train = {lang: [] for lang in ["en", *others]}
         for i, x in enumerate(take("xtreme_xnli", "train")):
-            hypotheses = dict(zip(x["hypothesis"]["language"], x["hypothesis"]["translation"]))
-            for lang in others:
-                train[lang].append(_decode_nli(x["premise"][lang], hypotheses[lang.encode()],
-                                               x["label"], f"xtreme_xnli:{i}"))
+            for lang, row in zip(train, translated_rows(x, list(train), f"xtreme_xnli:{i}")):
+                train[lang].append(row)
+    else:
+        train = {"en": [_decode_nli(x["premise"], x["hypothesis"], x["label"], f"multi_nli:{i}")
+                        for i, x in enumerate(take("multi_nli", "train"))]}
     test = {lang: [] for lang in languages}
     for i, x in enumerate(take("xnli", "test")):
-        hypotheses = dict(zip(x["hypothesis"]["language"], x["hypothesis"]["translation"]))
-        for lang in languages:
-            test[lang].append(_decode_nli(x["premise"][lang], hypotheses[lang.encode()],
-                                          x["label"], f"xnli:test:{i}"))
+        for lang, row in zip(languages, translated_rows(x, languages, f"xnli:test:{i}")):
+            test[lang].append(row)
     return NliData(train, test)
+
+
+def translated_rows(example, languages, source):
+    """One TFDS xnli / xtreme_xnli example -> a row per language.
+
+    The premise is a `Translation` ({lang: text}); the hypothesis a
+    `TranslationVariableLanguages` ({"language": [...], "translation": [...]}).
+    """
+    hypotheses = {(k.decode() if isinstance(k, bytes) else k): v for k, v in
+                  zip(example["hypothesis"]["language"], example["hypothesis"]["translation"])}
+    premises = {(k.decode() if isinstance(k, bytes) else k): v
+                for k, v in example["premise"].items()}
+    missing = [lang for lang in languages if lang not in premises or lang not in hypotheses]
+    if missing:
+        raise ValueError(f"{source}: no {', '.join(missing)} translation.")
+    return [_decode_nli(premises[lang], hypotheses[lang], example["label"], source)
+            for lang in languages]
 
 
 def _decode_nli(premise, hypothesis, label, source):
