@@ -35,7 +35,7 @@ from tf_mbalign.data.tlm_masking import truncate_pair_lengths
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier
-from tf_mbalign.training.finetuning import FineTuner, classification_loss
+from tf_mbalign.training.finetuning import FineTuner, classification_loss, loss_summary
 
 LABELS = ("entailment", "neutral", "contradiction")
 SETTINGS = ("zero_shot", "translate_train", "code_switch")
@@ -261,17 +261,8 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
         steps = finetune.total_steps(len(rows))
         tuner = FineTuner(model, classification_loss, finetune, steps,
                            pad_rows(rows[:2], tokenizer.pad_id))
-        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if progress else 0)
-        step, run_losses = 0, []
-        while step < steps:
-            for index in length_grouped_batches([len(r) for r in rows], finetune.batch_size, rng):
-                loss = tuner.train_step(pad_rows([rows[i] for i in index], tokenizer.pad_id),
-                                        labels[index])
-                run_losses.append(loss)
-                step += 1
-                bar.update(step, [("loss", float(np.mean(run_losses[-20:])))])
-                if step == steps:
-                    break
+        run_losses = tuner.fit(rows, lambda index: labels[index], tokenizer.pad_id, steps, rng,
+                               progress)
         losses.append(run_losses)
         for lang in eval_languages:
             rows_l, gold = test_rows[lang]
@@ -284,8 +275,7 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
     return {
         "task": "xnli", "setting": config.setting, "encoder": trained.source,
         "metrics": metrics, "average": average,
-        "training_loss": {"first_20": [float(np.mean(x[:20])) for x in losses],
-                          "last_20": [float(np.mean(x[-20:])) for x in losses]},
+        "training_loss": loss_summary(losses),
         "train_examples": len(rows), "steps": steps,
         "test_examples": {lang: len(test_rows[lang][1]) for lang in eval_languages},
         "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
