@@ -56,6 +56,16 @@ def clone_encoder(encoder, name):
     return clone
 
 
+@tf.custom_gradient
+def _scale_gradient(value, multiplier):
+    """Identity whose gradient is multiplied by `multiplier` (fault injection)."""
+
+    def gradient(upstream):
+        return upstream * tf.cast(multiplier, upstream.dtype), tf.zeros_like(multiplier)
+
+    return tf.identity(value), gradient
+
+
 @keras.saving.register_keras_serializable(package="tf_mbalign")
 class Aligner(keras.Model):
     """Post-pretraining alignment of a multilingual BERT (Pan et al., 2021).
@@ -266,14 +276,12 @@ class Aligner(keras.Model):
             "token_losses_sum": tf.reduce_sum(token_losses * weights),
         }
 
-    def _apply_gradients(self, optimizer, loss, tape, variables, gradient_multiplier=None):
+    def _apply_gradients(self, optimizer, loss, tape, variables):
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         grads = tape.gradient(loss, variables)
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                  for g, v in zip(grads, variables)]
-        if gradient_multiplier is not None:  # Fault-injection test hook.
-            grads = [g * tf.cast(gradient_multiplier, g.dtype) for g in grads]
         if replicas > 1:
             grads = context.all_reduce("sum", grads)
         scale = (tf.cast(optimizer.dynamic_scale, tf.float32)
@@ -321,8 +329,11 @@ class Aligner(keras.Model):
             if loss_multiplier is not None:
                 loss = loss * tf.cast(loss_multiplier, loss.dtype)
             scaled_loss = optimizer.scale_loss(loss)
-        norm = self._apply_gradients(optimizer, scaled_loss, tape, variables,
-                                     gradient_multiplier)
+            if gradient_multiplier is not None:
+                # Same value, gradient times the multiplier all the way back
+                # through the (possibly float16) layers.
+                scaled_loss = _scale_gradient(scaled_loss, gradient_multiplier)
+        norm = self._apply_gradients(optimizer, scaled_loss, tape, variables)
         global_loss = context.all_reduce("sum", loss) if replicas > 1 else loss
         loss_finite = tf.math.is_finite(global_loss)
         gradients_finite = tf.math.is_finite(norm)
