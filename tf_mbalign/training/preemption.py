@@ -83,7 +83,9 @@ class PreemptionWatcher:
             def agree(flag):
                 def replica_fn():
                     context = tf.distribute.get_replica_context()
-                    return context.all_reduce(tf.distribute.ReduceOp.SUM, flag)
+                    # identity: created here, the value gets the replica's device
+                    # (an input tensor has none: "destinations can not be empty").
+                    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(flag))
 
                 return strategy.experimental_local_results(strategy.run(replica_fn))[0]
 

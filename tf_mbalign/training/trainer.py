@@ -263,6 +263,9 @@ class AlignmentRun:
             for i in tf.range(steps):
                 outputs = strategy.run(step_fn, args=(next(iterator), first_step + tf.cast(i, tf.int64) + 1))
                 outputs = {k: first_replica(v) for k, v in outputs.items()}
+                # The all-gathered ids have no static length; the loop needs one.
+                outputs["pair_ids"] = tf.reshape(outputs["pair_ids"],
+                                                 [self.config.global_batch_size])
                 fingerprints = fingerprints.write(i, pipeline.batch_fingerprint(outputs["pair_ids"]))
                 done += 1
                 skipped += tf.cast(tf.logical_not(outputs["applied"]), tf.int32)
@@ -336,7 +339,9 @@ class AlignmentRun:
         restored = self.restore()
         start = int(self.step.numpy())
         self._last_saved_step = start if restored else None
+        metrics_path = os.path.join(config.model_dir, METRICS_FILE)
         if self.chief:
+            self._trim_metrics_file(metrics_path, start)  # Steps after the checkpoint go.
             os.makedirs(config.model_dir, exist_ok=True)
             _write_atomic(os.path.join(config.model_dir, "flags.json"), config.to_json() + "\n")
             stats = self.corpus.stats
@@ -347,9 +352,6 @@ class AlignmentRun:
             self.log(f"encoder: {self.bundle.source}; "
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
                      f"{self.strategy.num_replicas_in_sync} replica(s)")
-        metrics_path = os.path.join(config.model_dir, METRICS_FILE)
-        if self.chief:
-            self._trim_metrics_file(metrics_path, start)
         writer = (tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
                   if self.chief else tf.summary.create_noop_writer())
 
