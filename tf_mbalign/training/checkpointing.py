@@ -3,7 +3,7 @@
 Layout of `model_dir/checkpoints/`:
 
     ckpt-N.index, ckpt-N.data-00000-of-00001   TF checkpoint files of step N
-    ckpt-N.manifest.json                        size + SHA-256 of each file
+    ckpt-N.manifest.json                        size + CRC-32 of each file
     checkpoint                                  TF's state file (for TF tools)
 
 Saving step N (`CheckpointWriter.save`):
@@ -33,12 +33,12 @@ inside a checkpoint write; never set it otherwise.
 """
 
 import glob
-import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import zlib
 
 import tensorflow as tf
 
@@ -77,12 +77,18 @@ def _fsync_file(path):
 
 
 def file_digest(path):
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """CRC-32 (hex) of a file, read in 1 MiB chunks.
+
+    It guards against truncation and corrupted bytes, not against tampering
+    (whoever can write the checkpoints can rewrite the manifest too); CRC-32
+    runs at ~2 GB/s here against ~0.9 GB/s for SHA-256, which matters for
+    multi-GB checkpoints hashed at every save.
+    """
+    crc = 0
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
 
 
 def write_text_atomic(path, text):
@@ -144,8 +150,14 @@ class CheckpointWriter:
 
     def remove_leftovers(self):
         """Deletes what killed saves left behind: staging folders and files of
-        checkpoints that were never committed. Chief only; says what it removed."""
-        if not self.chief or not os.path.isdir(self.directory):
+        checkpoints that were never committed (the chief says what it removed;
+        other workers clear their scratch folder)."""
+        if not self.chief:
+            if self.worker_directory:
+                for staging in glob.glob(os.path.join(self.worker_directory, ".staging-*")):
+                    shutil.rmtree(staging, ignore_errors=True)
+            return []
+        if not os.path.isdir(self.directory):
             return []
         removed = []
         for staging in glob.glob(os.path.join(self.directory, ".staging-*")):
@@ -181,7 +193,7 @@ class CheckpointWriter:
         for path in _checkpoint_files(staged_prefix):
             _fsync_file(path)
             files[os.path.basename(path)] = {"bytes": os.path.getsize(path),
-                                             "sha256": file_digest(path)}
+                                             "crc32": file_digest(path)}
         manifest = dict(metadata or {}, step=step, format=1, files=files)
         final_prefix = checkpoint_prefix(self.directory, step)
         manifest_path = final_prefix + MANIFEST_SUFFIX
@@ -239,8 +251,8 @@ def verify(prefix):
             raise CheckpointError(
                 f"{path} has {size} bytes, the manifest says {expected['bytes']} (truncated?)"
             )
-        if file_digest(path) != expected["sha256"]:
-            raise CheckpointError(f"{path} does not match its SHA-256 in the manifest (corrupted)")
+        if file_digest(path) != expected.get("crc32"):
+            raise CheckpointError(f"{path} does not match its CRC-32 in the manifest (corrupted)")
     return manifest
 
 
