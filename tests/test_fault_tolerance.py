@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import kill_harness
-from conftest import REPO_ROOT, tiny_train_config
+from conftest import REPO_ROOT, free_ports, tiny_train_config
 from tf_mbalign.training import checkpointing
 from tf_mbalign.training.trainer import FAULT_ENV, AlignmentRun, NonFiniteError
 
@@ -302,20 +302,8 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     assert int(run.examples_consumed.numpy()) == preempted_at * kill_harness.GLOBAL_BATCH
 
 
-def _free_ports(n):
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start_workers(model_dir, train_steps):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -336,10 +324,14 @@ def test_sigterm_to_one_worker_saves_on_all_and_a_restart_resumes(tmp_path):
     for p, (out, err) in zip((chief, worker), outputs):
         assert p.returncode == 42, err[-3000:]
         assert "Traceback" not in err
-    logged = [r["step"] for r in kill_harness.read_metrics(model_dir)]
-    preempted_at = logged[-1]
+    history = kill_harness.read_metrics(model_dir)
+    preempted_at = history[-1]["step"]
     assert f"preempted at step {preempted_at}: saved" in outputs[0][0]
     assert checkpointing.committed_steps(os.path.join(model_dir, "checkpoints"))[0] == preempted_at
+    assert os.path.exists(os.path.join(model_dir, "checkpoints", "checkpoint"))
+    assert all(np.isfinite(h["loss"]) for h in history)
+    # Both workers contributed: the queue holds 2 steps x 8 gathered keys.
+    assert history[1]["queue_fill"] == 16
 
     # Restart both workers: they resume at that step and train 2 more.
     target = preempted_at + 2
