@@ -93,7 +93,8 @@ def main(out_dir):
     # Positive control, last (it switches safe mode off for this process).
     report["unsafe_load_error"] = _try_load(files["lambda"], safe_mode=False)
     report["unsafe_load_ran_payload"] = os.path.exists(markers["lambda"])
-    os.remove(markers["lambda"]) if os.path.exists(markers["lambda"]) else None
+    if os.path.exists(markers["lambda"]):
+        os.remove(markers["lambda"])
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
 

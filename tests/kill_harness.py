@@ -98,21 +98,27 @@ def _wait(condition, process, timeout, what):
 
 
 def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path, kind,
-                 rng, timeout=300):
-    """One attempt ended by SIGKILL; returns what happened."""
+                 rng, max_ahead=None, timeout=300):
+    """One attempt ended by SIGKILL; returns what happened.
+
+    The kill lands at most `max_ahead` steps after the restored checkpoint
+    (default: anywhere before the last step).
+    """
     resumed_from = committed_step(model_dir)
     offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     env = None
     if kind == "save":
-        saves = [s for s in range(resumed_from + 1, total_steps)
-                 if s % checkpoint_every == 0]
+        last = total_steps - 1 if max_ahead is None else min(total_steps - 1,
+                                                              resumed_from + max_ahead)
+        saves = [s for s in range(resumed_from + 1, last + 1) if s % checkpoint_every == 0]
         if not saves:
             kind = "step"
         else:
             target = rng.choice(saves)
             env = {"TF_MBALIGN_TEST_PAUSE_IN_SAVE": str(target)}
     if kind == "step":
-        target = rng.randint(resumed_from + 1, max(resumed_from + 1, total_steps - 1))
+        last = total_steps - 1 if max_ahead is None else resumed_from + max_ahead
+        target = rng.randint(resumed_from + 1, max(resumed_from + 1, min(last, total_steps - 1)))
     started = time.time()
     process = start_training(model_dir, train_steps, checkpoint_every, log_path, env)
     marker = os.path.join(model_dir, "checkpoints", ".paused-in-save")
@@ -176,8 +182,9 @@ def compare_runs(reference_dir, killed_dir, total_steps):
             continue
         x, y = np.asarray(a[name]), np.asarray(b[name])
         if x.dtype.kind in "fc":
-            diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-            weight_diff = max(weight_diff, diff)
+            if x.size:
+                diff = np.abs(x.astype(np.float64) - y.astype(np.float64))
+                weight_diff = max(weight_diff, float(np.max(diff)))
         elif not np.array_equal(x, y):
             mismatched.append(name)
     return {
@@ -195,7 +202,8 @@ def compare_runs(reference_dir, killed_dir, total_steps):
     }
 
 
-def run_with_kills(work_dir, kinds, train_steps, checkpoint_every, seed, head_warmup_steps=2):
+def run_with_kills(work_dir, kinds, train_steps, checkpoint_every, seed, head_warmup_steps=2,
+                   max_ahead=None):
     """Trains in `work_dir/killed`, killing once per entry of `kinds`
     ("step" or "save"), then resumes to the end; returns the attempts."""
     rng = random.Random(seed)
@@ -203,7 +211,7 @@ def run_with_kills(work_dir, kinds, train_steps, checkpoint_every, seed, head_wa
     log_path = os.path.join(work_dir, "killed.log")
     total = train_steps + head_warmup_steps
     attempts = [kill_attempt(model_dir, total, train_steps, checkpoint_every, log_path, kind,
-                             rng) for kind in kinds]
+                             rng, max_ahead) for kind in kinds]
     started = time.time()
     finish(model_dir, train_steps, checkpoint_every, log_path)
     attempts.append({"kind": "finish", "seconds": time.time() - started})

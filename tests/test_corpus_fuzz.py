@@ -10,7 +10,7 @@ against an independent re-implementation here) or be rejected with a
 are also checked against `tf.data.TextLineDataset`.
 
 The suite runs `TF_MBALIGN_FUZZ_EXAMPLES` cases per property (default 200).
-The full run (>= 10,000 cases per reader property):
+The full run (10,000 cases per property, ~17 minutes on 2 cores):
 
     TF_MBALIGN_FUZZ_EXAMPLES=10000 python -m pytest -q -s tests/test_corpus_fuzz.py
 """
@@ -260,7 +260,7 @@ def test_line_aligned_reader_reads_by_the_rules_or_names_file_and_line(files):
     _count(f"line_aligned_{actual[0]}")
 
 
-@settings(FUZZ, max_examples=max(EXAMPLES // 4, 50))
+@FUZZ
 @given(corpus_files())
 def test_line_counts_agree_with_tf_data_text_line_dataset(file):
     data, huge = file
@@ -270,11 +270,11 @@ def test_line_counts_agree_with_tf_data_text_line_dataset(file):
         assert corpus_lib.count_lines(path) == len(reader_lines) == len(oracle_raw_lines(data))
         # Same content, but for \r inside a line (TensorFlow deletes every \r;
         # the validator keeps it as text) and a leading byte-order mark.
-        ours = [raw for _, raw in corpus_lib._raw_lines(path)]
+        ours = [raw.replace(b"\r", b"") for _, raw in corpus_lib._raw_lines(path)]
         theirs = [line.replace(b"\r", b"") for line in reader_lines]
-        if theirs and theirs[0].startswith(b"\xef\xbb\xbf"):
+        if data.startswith(b"\xef\xbb\xbf"):  # The validator drops it, TF keeps it.
             theirs[0] = theirs[0][3:]
-        assert [line.replace(b"\r", b"") for line in ours] == theirs
+        assert ours == theirs
     _count("text_line_dataset")
 
 
@@ -296,7 +296,7 @@ def example_fn():
     return make, tokenizer, config
 
 
-@settings(FUZZ, max_examples=max(EXAMPLES // 2, 50))
+@FUZZ
 @given(valid_tsv_files())
 def test_every_accepted_pair_tokenizes_into_a_valid_example(example_fn, file):
     make, tokenizer, config = example_fn

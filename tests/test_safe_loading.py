@@ -30,8 +30,11 @@ PACKAGE = os.path.join(REPO_ROOT, "tf_mbalign")
 # Keras versions before 3.13.2 have published safe_mode bypasses: CVE-2025-1550
 # (< 3.9: arbitrary module functions from config.json), CVE-2025-9906 (< 3.11:
 # config.json calls enable_unsafe_deserialization), CVE-2025-8747 / -9905
-# (gadget functions, .h5 files ignoring safe_mode, < 3.11.3), and TFSMLayer
-# loading an outside SavedModel under safe_mode (CVE-2026-1462, fixed in 3.13.2).
+# (gadget functions; .h5 files ignoring safe_mode; fixed by 3.11.3) and
+# CVE-2026-1462 (a TFSMLayer loads an outside SavedModel under safe_mode;
+# GHSA-4f3f-g24h-fr8m: fixed in 3.12.1 and 3.13.2, 3.13.0-3.13.1 affected).
+# The pin (3.15.1) is also past the archive path traversal fixed in 3.14.0
+# (GHSA-hqp4-2352-xf5r).
 MINIMUM_KERAS = Version("3.13.2")
 
 # === No pickle ===

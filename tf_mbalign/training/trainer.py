@@ -258,15 +258,18 @@ class AlignmentRun:
             done = tf.constant(0)
             skipped = tf.constant(0)
             halted = tf.constant(False)
-            status = {"loss": tf.constant(0.0), "gradients_finite": tf.constant(True),
+            # The last step's loss and pair ids (the bad step's, after a halt).
+            status = {"loss": tf.constant(0.0),
                       "pair_ids": tf.fill([self.config.global_batch_size], -1)}
             for i in tf.range(steps):
-                outputs = strategy.run(step_fn, args=(next(iterator), first_step + tf.cast(i, tf.int64) + 1))
+                global_step = first_step + tf.cast(i, tf.int64) + 1
+                outputs = strategy.run(step_fn, args=(next(iterator), global_step))
                 outputs = {k: first_replica(v) for k, v in outputs.items()}
                 # The all-gathered ids have no static length; the loop needs one.
                 outputs["pair_ids"] = tf.reshape(outputs["pair_ids"],
                                                  [self.config.global_batch_size])
-                fingerprints = fingerprints.write(i, pipeline.batch_fingerprint(outputs["pair_ids"]))
+                fingerprints = fingerprints.write(
+                    i, pipeline.batch_fingerprint(outputs["pair_ids"]))
                 done += 1
                 skipped += tf.cast(tf.logical_not(outputs["applied"]), tf.int32)
                 status = {k: outputs[k] for k in status}
@@ -286,7 +289,8 @@ class AlignmentRun:
         pair_ids = [int(i) for i in result["pair_ids"].numpy()]
         sources = [self.corpus.sources[i] for i in pair_ids if 0 <= i < len(self.corpus.sources)]
         loss = float(result["loss"])
-        what = f"the loss is {loss}" if not math.isfinite(loss) else "the gradient norm is not finite"
+        what = (f"the loss is {loss}" if not math.isfinite(loss)
+                else "the gradient norm is not finite")
         size = self.config.global_batch_size
         last = (f"{self.checkpoint_dir}/ckpt-{self._last_saved_step} (step {self._last_saved_step})"
                 if self._last_saved_step is not None else "none yet (nothing was saved)")
