@@ -21,6 +21,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
 
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.import_tensorflow_quietly()  # The harness reads checkpoints with TensorFlow.
+
 import kill_harness  # noqa: E402
 
 
