@@ -35,13 +35,19 @@ def replica_assign(variable, value):
     )
 
 
-def momentum_update(key_variables, query_variables, momentum):
-    """key <- momentum * key + (1 - momentum) * query, for every pair."""
+def momentum_update(key_variables, query_variables, momentum, apply=None):
+    """key <- momentum * key + (1 - momentum) * query, for every pair.
+
+    `apply` (optional bool scalar tensor): where False, keys keep their values.
+    """
     pairs = [(_tf_variable(k), _tf_variable(q)) for k, q in zip(key_variables, query_variables)]
 
     def update(strategy):
         def ema(key, query):
-            return key.assign(momentum * key + (1.0 - momentum) * tf.cast(query, key.dtype))
+            value = momentum * key + (1.0 - momentum) * tf.cast(query, key.dtype)
+            if apply is not None:
+                value = tf.where(apply, value, key)
+            return key.assign(value)
 
         for key, query in pairs:
             strategy.extended.update(key, ema, args=(query,))
@@ -112,9 +118,10 @@ class KeyQueue(keras.layers.Layer):
                              tf.convert_to_tensor(self.pair_ids)[None, :])
         return filled[None, :] & ~same_pair
 
-    def enqueue(self, keys, pair_ids=None):
+    def enqueue(self, keys, pair_ids=None, apply=None):
         """Writes `keys` [n, dim] (and their `pair_ids` [n]) at the pointer,
-        wrapping around (n <= K)."""
+        wrapping around (n <= K). `apply` (optional bool scalar tensor):
+        where False, the queue is left as it was (a skipped step)."""
         n = keys.shape[0]
         if n is not None and n > self.queue_size:
             raise ValueError(
@@ -131,10 +138,17 @@ class KeyQueue(keras.layers.Layer):
         new_ids = tf.tensor_scatter_nd_update(
             tf.convert_to_tensor(self.pair_ids), slots[:, None], tf.cast(pair_ids, tf.int32)
         )
+        new_pointer = (self.pointer + count) % self.queue_size
+        new_filled = tf.minimum(self.filled + count, self.queue_size)
+        if apply is not None:
+            new_keys = tf.where(apply, new_keys, tf.convert_to_tensor(self.keys))
+            new_ids = tf.where(apply, new_ids, tf.convert_to_tensor(self.pair_ids))
+            new_pointer = tf.where(apply, new_pointer, tf.convert_to_tensor(self.pointer))
+            new_filled = tf.where(apply, new_filled, tf.convert_to_tensor(self.filled))
         replica_assign(self.keys, new_keys)
         replica_assign(self.pair_ids, new_ids)
-        replica_assign(self.pointer, (self.pointer + count) % self.queue_size)
-        replica_assign(self.filled, tf.minimum(self.filled + count, self.queue_size))
+        replica_assign(self.pointer, new_pointer)
+        replica_assign(self.filled, new_filled)
 
     def get_config(self):
         config = super().get_config()
