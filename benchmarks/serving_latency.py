@@ -11,7 +11,8 @@ Timed on real sentences (`--data`, default ../shared/data/parallel, mixed
 languages; the demo corpus when absent), alternating call by call:
 
   exported   `loaded.signatures["serving_default"](sentences=...)`: what TF
-             Serving runs (tokenize, pack to --seq_length, encoder, pooling,
+             Serving runs (tokenize, pack `[CLS] s [SEP]` cut at --seq_length
+             and padded to the request's longest sentence, encoder, pooling,
              L2 norm)
   in-memory  the same `SentenceEmbeddingServer.serving_default` tf.function on
              the live Keras encoder (same graph, not exported)
@@ -75,8 +76,11 @@ def build_callables(bundle, export_dir, seq_length, pooling="cls", layer=-1,
     t = bundle.tokenizer
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def preprocess(sentences):
-        return pack_segments([t.tokenize(sentences)], seq_length, t.cls_id, t.sep_id, t.pad_id)
+    def preprocess(sentences):  # As the server: padded to the longest sentence.
+        tokens = t.tokenize(sentences)
+        length = tf.minimum(tf.cast(tf.reduce_max(tokens.row_lengths()), tf.int32) + 2,
+                            seq_length)
+        return pack_segments([tokens], length, t.cls_id, t.sep_id, t.pad_id)
 
     def eager(sentences):
         inputs = preprocess(tf.constant(sentences))
@@ -178,7 +182,7 @@ def main(argv=None):
         "mean_tokens_per_sentence": float(np.mean(np.minimum(lengths, args.seq_length))),
         "serving_path": os.path.relpath(paths["serving"], export_dir),
     })
-    print(f"model {args.model}, padded to {args.seq_length} tokens (real sentences average "
+    print(f"model {args.model}, sentences cut at {args.seq_length} tokens (they average "
           f"{result['mean_tokens_per_sentence']:.1f} tokens with [CLS]/[SEP])")
     common.print_table([dict(result[n], name=n) for n in ("exported", "in_memory", "eager")], [
         ("", "name", "{}"), ("p50 ms (batch 1)", "p50_ms", "{:.2f}"),
