@@ -1,5 +1,7 @@
 """How the alignment step scales: queue size, sequence length, memory.
 
+0. The queue's own work per step, isolated (`--parts queue_ops`): InfoNCE
+   logits against K keys with their gradient, and the enqueue, in ms.
 1. Step time vs MoCo queue size K (default 1,024 -> 65,536) at the shape's
    default batch and lengths. One model per K, all built first, then timed
    round-robin (`--rounds` rounds, median per K), so drift hits every K
@@ -96,6 +98,52 @@ def length_sweep(shape_name, base, lengths, rounds, jit_compile, target_seconds,
             "xla": jit_compile, "rows": rows}
 
 
+def queue_ops(queue_sizes, dim, batch, repeats=15):
+    """Milliseconds per step of the queue's own work, isolated: the InfoNCE
+    logits against the queue with the loss's gradient w.r.t. the queries
+    (`moco.contrastive_logits`, `KeyQueue.valid_mask`), and `KeyQueue.enqueue`."""
+    from tf_mbalign.modeling import momentum_contrast as moco
+
+    rows = []
+    rng = np.random.default_rng(0)
+
+    def unit(n):
+        x = rng.standard_normal((n, dim)).astype(np.float32)
+        return common.tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+    queries, keys = unit(batch), unit(batch)
+    ids = common.tf.range(batch)
+    for k in queue_sizes:
+        queue = moco.KeyQueue(k, dim)
+        queue.keys.assign(unit(k))
+        queue.filled.assign(k)
+
+        @common.tf.function
+        def logits_and_gradient():
+            with common.tf.GradientTape() as tape:
+                tape.watch(queries)
+                logits = moco.contrastive_logits(queries, keys,
+                                                 common.tf.convert_to_tensor(queue.keys),
+                                                 queue.valid_mask(ids), 0.07)
+                loss = common.tf.reduce_mean(
+                    common.tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        common.tf.zeros([batch], common.tf.int32), logits))
+            return common.tf.reduce_sum(tape.gradient(loss, queries))
+
+        @common.tf.function
+        def enqueue():
+            queue.enqueue(keys, ids)
+            return queue.pointer + 0
+
+        row = {"queue_size": k, "dim": dim, "batch": batch}
+        for name, fn in (("logits_ms", logits_and_gradient), ("enqueue_ms", enqueue)):
+            fn().numpy()
+            row[name] = 1e3 * common.statistics.median(
+                common.timed(lambda: fn().numpy()) for _ in range(repeats))
+        rows.append(row)
+    return rows
+
+
 # === Peak RSS, one subprocess per shape ===
 
 
@@ -163,7 +211,7 @@ def _torch_available():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="queue,length,memory")
+    parser.add_argument("--parts", default="queue_ops,queue,length,memory")
     parser.add_argument("--shape", default="e5-small", help="shape of the queue/length sweeps")
     parser.add_argument("--queue_sizes", default="1024,4096,16384,65536")
     parser.add_argument("--lengths", default="64,128,256")
@@ -199,6 +247,15 @@ def main(argv=None):
     print(f"matmul peak: {common.gflops(peak['peak_flops'])}", flush=True)
     result = {"benchmark": "scaling", "argv": sys.argv if argv is None else argv,
               "machine": machine, "peak": peak}
+
+    if "queue_ops" in parts:
+        dim = common.get_shape(args.shape).hidden_dim
+        rows = queue_ops(queue_sizes, dim, base.batch, repeats=3 if args.quick else 15)
+        result["queue_ops"] = rows
+        print(f"\nthe queue's own work per step, isolated (width {dim}, batch {base.batch}):")
+        common.print_table(rows, [
+            ("K", "queue_size", "{}"), ("logits fwd+grad ms", "logits_ms", "{:.2f}"),
+            ("enqueue ms", "enqueue_ms", "{:.2f}")])
 
     if "queue" in parts:
         sweep = queue_sweep(args.shape, base, queue_sizes, args.rounds, args.xla,
