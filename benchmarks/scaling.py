@@ -10,8 +10,8 @@
 2. Step time vs TLM sequence length S (64 -> 256; each MoCo sentence S/2),
    the same way: step time, tokens/s, MFU.
 3. Peak memory (RSS) per model size: each shape runs a few steps in a fresh
-   subprocess, which reports its peak RSS (`resource.getrusage`
-   ru_maxrss) and the bytes of the model + optimizer state it holds; with
+   subprocess, which reports its peak RSS (VmHWM) and the bytes of the
+   model + optimizer state it holds; with
    torch installed, the PyTorch reference is measured the same way.
 
 Usage (from the repository root):
@@ -186,6 +186,16 @@ def _rss_child(shape_name, side, steps, quick, jit_compile):
 
 
 def _peak_rss():
+    """Peak RSS of this process, in bytes: VmHWM on Linux. (Not
+    `getrusage().ru_maxrss`: Linux carries it across exec, so a child would
+    report at least its parent's size at fork.)"""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
