@@ -2,7 +2,10 @@
 
 Signatures:
 - `serving_default`: `sentences` tf.string [batch] -> `embeddings` float32
-  [batch, width] (tokenized and packed in the graph, `[CLS] s [SEP]`).
+  [batch, width] (tokenized and packed in the graph, `[CLS] s [SEP]`, cut at
+  `seq_length` tokens; a request is padded only to its longest sentence,
+  which the padding mask makes invisible to the embeddings, so short
+  sentences do not pay for `seq_length` positions).
 - `embed_ids`: `input_word_ids`, `input_mask`, `input_type_ids` int32
   [batch, seq] -> `embeddings`, for clients that tokenize themselves.
 
@@ -50,8 +53,9 @@ class SentenceEmbeddingServer(tf.__internal__.tracking.AutoTrackable):
             ]
             with tf.control_dependencies(checks):
                 tokens = t.tokenize(sentences)
-            return self._embed(pack_segments([tokens], self.seq_length, t.cls_id, t.sep_id,
-                                             t.pad_id))
+            longest = tf.cast(tf.reduce_max(tokens.row_lengths()), tf.int32) + 2
+            length = tf.minimum(longest, self.seq_length)
+            return self._embed(pack_segments([tokens], length, t.cls_id, t.sep_id, t.pad_id))
 
         specs = [tf.TensorSpec([None, None], tf.int32, name=n) for n in hub_encoder.INPUT_NAMES]
 

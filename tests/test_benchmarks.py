@@ -1,0 +1,129 @@
+"""The benchmark scripts still run (their core functions, at toy sizes).
+
+No speed is asserted here: figures and goals live in benchmarks/ and
+BENCHMARKS.md. One tiny model is built and traced once and shared by the
+step, reference and scaling checks, to keep this file around half a minute.
+The PyTorch reference's test skips where torch is not installed (it is a
+benchmark-only dependency).
+"""
+
+import os
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+BENCHMARKS = os.path.join(REPO_ROOT, "benchmarks")
+if BENCHMARKS not in sys.path:
+    sys.path.insert(0, BENCHMARKS)
+
+
+@pytest.fixture(scope="module")
+def common():
+    import _common
+
+    return _common
+
+
+def test_flop_formula_by_hand(common):
+    shape = common.ModelShape("toy", vocabulary_size=10, num_layers=1, hidden_dim=2,
+                              num_heads=1, intermediate_dim=4)
+    settings = common.StepSettings(batch=1, seq_length=3, sentence_length=2, predictions=1,
+                                   queue_size=5)
+    n = 4 * 2 * 2 + 2 * 2 * 4  # 32 matmul weights per token
+    tlm = 2 * n * 3 + 4 * 1 * 9 * 2
+    sentence = 2 * n * 2 + 4 * 1 * 4 * 2
+    head = 2 * 1 * (4 + 20)
+    moco = 2 * 5 * 2
+    assert common.step_flops(shape, settings)["step"] == (
+        3 * (tlm + head + sentence) + sentence + 2 * moco)
+
+
+@pytest.fixture(scope="module")
+def tiny_step(common):
+    """One tiny `OurStep` (dropout 0), built and traced once for this file."""
+    shape = common.get_shape("tiny")
+    settings = common.StepSettings(batch=2, seq_length=16, sentence_length=8, predictions=2,
+                                   queue_size=8)
+    batches = common.synthetic_batches(shape, settings, count=2, min_fill=0.5)
+    assert batches[0]["masked_weights"].sum() >= 2
+    return settings, common.OurStep(shape, settings, batches, dropout=0.0)
+
+
+def test_torch_reference_is_the_same_step(common, tiny_step):
+    for module in ("torch", "transformers"):
+        pytest.importorskip(module, reason="PyTorch is a benchmark-only dependency "
+                            "(benchmarks/requirements.txt); CI installs only .[test]")
+    import torch_reference
+    import train_step
+
+    settings, ours = tiny_step
+    reference = torch_reference.TorchAlignmentStep(ours.shape, settings, ours.batches,
+                                                   dropout=0.0)
+    # Same weights (copied from Keras), dropout 0 -> the same losses, step by
+    # step (2 steps when this test is the first to use the model, else 1).
+    check = train_step.check_same_step("tiny", settings, steps=2, ours=ours,
+                                       reference=reference, log=lambda *_: None)
+    assert max(check["max_relative_difference"].values()) < 1e-3, check
+    row = train_step.compare(ours, reference, "tiny", settings,
+                             common.step_flops(ours.shape, settings), peak=1e11, jit=False,
+                             pairs=1, target_seconds=0.01, log=lambda *_: None)
+    assert row["ratio_ours_over_reference"] > 0
+
+
+def test_step_timing_and_scaling(common, tiny_step):
+    import scaling
+    import train_step
+
+    settings, ours = tiny_step
+    flops = common.step_flops(ours.shape, settings)
+    row = train_step.compare(ours, None, "tiny", settings, flops, peak=1e11, jit=False,
+                             pairs=1, target_seconds=0.01, log=lambda *_: None)
+    assert "error" not in row, row.get("error")
+    assert row["examples_per_s"] > 0 and 0 < row["mfu"] < 1
+    assert all(v == v for v in row["ours_metrics"].values())  # no NaN
+    times = scaling.round_robin({"a": ours}, rounds=1, jit_compile=False, target_seconds=0.01)
+    assert times["a"]["median_s"] > 0
+
+
+def test_peak_rss_subprocess(common):
+    import scaling
+
+    row = scaling.peak_rss("tiny", side="none", quick=True, timeout=300)
+    assert "error" not in row, row.get("error")
+    assert row["peak_rss_bytes"] >= row["peak_rss_after_import_bytes"] > 0
+
+
+def test_matmul_peak(common):
+    peak = common.matmul_peak(n=128, repeats=1)
+    assert peak["peak_flops"] >= peak["tensorflow_flops"] > 0
+
+
+def test_pipeline_and_tokenizers(common):
+    import input_pipeline
+    from tf_mbalign.data import corpus as corpus_lib
+
+    corpus = corpus_lib.read_corpus("demo")
+    tokenizer, _ = input_pipeline.tokenizer_for_shape("tiny", [], "", "")
+    settings = common.StepSettings(batch=4, seq_length=32, sentence_length=16, predictions=4,
+                                   queue_size=8)
+    result = input_pipeline.pipeline_pairs_per_s(corpus, tokenizer, settings, batches=2,
+                                                  warmup=1)
+    assert result["pairs_per_s"] > 0
+    compared = input_pipeline.compare_tokenizers(tokenizer, corpus.english[:40], batch=16,
+                                                 repeats=1)
+    assert compared["identical_ids_share"] == 1.0, compared["first_difference"]
+
+
+def test_serving_latency_core(common, tmp_path):
+    import serving_latency
+
+    bundle = serving_latency.load_model("tiny")
+    callables, _ = serving_latency.build_callables(bundle, str(tmp_path / "export"), 32,
+                                                   serving_only=True)
+    sentences = ["Hello world.", "Guten Tag!", "Ein kurzer Satz."] * 4
+    result = serving_latency.measure(callables, sentences, latency_calls=2,
+                                     throughput_batches=1, batch=4, warmup=1)
+    assert result["max_abs_difference"] < 1e-5
+    assert result["exported"]["p50_ms"] > 0
