@@ -30,7 +30,6 @@ import os
 import re
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -39,7 +38,7 @@ from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
 from tf_mbalign.evaluation import mlqa_metrics, reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.span_extractor import SpanExtractor
-from tf_mbalign.training.finetuning import FineTuner, loss_summary, span_loss
+from tf_mbalign.training.finetuning import FineTuner, loss_summary, span_loss, start_seed
 
 SETTINGS = ("zero_shot", "code_switch")
 _FILE = re.compile(r"^(dev|train|test)-context-([A-Za-z_-]+)-question-([A-Za-z_-]+)\.json$")
@@ -307,10 +306,7 @@ def run_mlqa(trained, data, config, finetune, log=print, progress=True):
     per_seed = {"f1": {k: [] for k in rows}, "exact_match": {k: [] for k in rows}}
     losses = []
     for seed in config.seeds:
-        keras.utils.set_random_seed(seed)
-        tokenizer = tokenizer.after_reseed()
-        encoder.set_weights(initial_weights)
-        rng = np.random.RandomState(seed)
+        tokenizer, rng = start_seed(seed, encoder, initial_weights, tokenizer)
         examples = training_examples(data, config.setting, config.code_switch_probability, rng)
         if config.max_train_examples:
             examples = [examples[i] for i in rng.permutation(len(examples))

@@ -25,7 +25,6 @@ import os
 import re
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -35,7 +34,8 @@ from tf_mbalign.data.tlm_masking import truncate_pair_lengths
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier
-from tf_mbalign.training.finetuning import FineTuner, classification_loss, loss_summary
+from tf_mbalign.training.finetuning import (FineTuner, classification_loss, loss_summary,
+                                            start_seed)
 
 LABELS = ("entailment", "neutral", "contradiction")
 SETTINGS = ("zero_shot", "translate_train", "code_switch")
@@ -243,10 +243,7 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
     per_seed = {"accuracy": {lang: [] for lang in eval_languages}}
     losses = []
     for seed in config.seeds:
-        keras.utils.set_random_seed(seed)
-        tokenizer = tokenizer.after_reseed()
-        encoder.set_weights(initial_weights)
-        rng = np.random.RandomState(seed)
+        tokenizer, rng = start_seed(seed, encoder, initial_weights, tokenizer)
         examples = training_examples(data, config.setting, train_languages,
                                      config.code_switch_probability, rng)
         order = rng.permutation(len(examples))

@@ -133,6 +133,15 @@ class FineTuner:
         return losses
 
 
+def start_seed(seed, encoder, initial_weights, tokenizer):
+    """The same start for every seed: seeded Keras/TF, the encoder's initial
+    weights, a fresh tokenizer (reseeding frees SentencePiece's resource, see
+    `SubwordTokenizer.after_reseed`). Returns (tokenizer, numpy RandomState)."""
+    keras.utils.set_random_seed(seed)
+    encoder.set_weights(initial_weights)
+    return tokenizer.after_reseed(), np.random.RandomState(seed)
+
+
 def loss_summary(losses_per_seed):
     """Mean training loss of the first and last 20 steps of each seed's run."""
     return {"first_20": [float(np.mean(x[:20])) for x in losses_per_seed],
