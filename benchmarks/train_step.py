@@ -234,9 +234,16 @@ def main(argv=None):
     peaks = {"float32": common.matmul_peak(args.peak_n, repeats=3 if args.quick else 5)}
     if "mixed_bfloat16" in precisions and common.gpu_available():
         peaks["bfloat16"] = common.matmul_peak(args.peak_n, dtype="bfloat16", with_numpy=False)
+    torch_ref, _ = (None, None) if args.no_torch else _torch()
+    if torch_ref is not None and not common.gpu_available():
+        # Information only (not part of the peak): torch's own float32 matmul.
+        peaks["float32"]["torch_information"] = torch_ref.torch_matmul_flops(
+            args.peak_n, repeats=3 if args.quick else 5)
     for name, p in peaks.items():
         parts = ", ".join(f"{k[:-6]} {common.gflops(v)}" for k, v in p.items()
                           if k.endswith("_flops") and k != "peak_flops")
+        if "torch_information" in p:
+            parts += f"; torch (information) {common.gflops(p['torch_information'])}"
         print(f"matmul peak ({name}, n={p['n']}): {common.gflops(p['peak_flops'])} "
               f"[{parts}]", flush=True)
 
