@@ -1,6 +1,7 @@
 """Shared test helpers: tiny configs, the demo corpus, the shared real data."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -58,3 +59,14 @@ def run_module(args, env=None, timeout=600):
         [sys.executable, *args], cwd=REPO_ROOT, env=full_env, capture_output=True,
         text=True, timeout=timeout,
     )
+
+
+def free_ports(n):
+    """n free TCP ports on 127.0.0.1 (for local multi-worker clusters)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -1,7 +1,6 @@
 """The evaluation commands end to end on tiny models and tiny data (fresh processes)."""
 
 import json
-import os
 
 from conftest import run_module, tiny_train_config
 from test_retrieval import _write_bitext

@@ -126,3 +126,23 @@ def test_e5_retrieval_on_real_tatoeba(shared_data):
     result = retrieval.evaluate_retrieval(embedder, data)["languages"]["de"]
     print(f"e5-small Tatoeba de (200 pairs, mean pooling): {result}")
     assert result["xx_to_en"] > 0.8 and result["en_to_xx"] > 0.8
+
+
+def test_callback_in_model_fit_counts_global_steps(tmp_path):
+    import keras
+
+    from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback
+    from tf_mbalign.modeling import encoders
+
+    bundle = encoders.load_encoder("tiny:demo", dropout=0.0)
+    _write_bitext(tmp_path / "data", "de", ["Hallo", "Danke"], ["Hello", "Thanks"])
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", "mse")
+    callback = RetrievalCallback(str(tmp_path / "data"), bundle.tokenizer,
+                                 str(tmp_path / "tb"), every_n_steps=3, encoder=bundle.encoder)
+    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), batch_size=2, epochs=2, verbose=0,
+              callbacks=[callback])
+    # 4 batches an epoch, 2 epochs = steps 1..8: evaluated at 3 and 6 (not per epoch index).
+    assert [h["step"] for h in callback.history] == [3, 6]
+    assert os.listdir(tmp_path / "tb")

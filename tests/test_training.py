@@ -2,9 +2,6 @@
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -73,41 +70,8 @@ def test_mirrored_step_equals_single_device_step(tmp_path):
     assert report["queue_filled"] == [12, 12] and report["queue_pointer"] == [0, 0]
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-@pytest.mark.distributed
-@pytest.mark.slow
-def test_multi_worker_mirrored_two_local_workers(tmp_path):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    flags = ["-m", "tf_mbalign.train", "--encoder=tiny:demo", "--strategy=multi_worker_mirrored",
-             f"--model_dir={tmp_path / 'mw'}", "--train_steps=3", "--global_batch_size=8",
-             "--queue_size=16", "--max_seq_length=48", "--max_sentence_length=24",
-             "--max_predictions_per_seq=8", "--dropout=0", "--quiet", "--noexport"]
-    processes = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CONFIG=json.dumps(tf_config))
-        processes.append(subprocess.Popen([sys.executable, *flags], cwd=REPO_ROOT, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-    outputs = [p.communicate(timeout=400) for p in processes]
-    for p, (out, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
-    with open(tmp_path / "mw" / "metrics.jsonl") as f:
-        history = [json.loads(line) for line in f]
-    assert [h["step"] for h in history] == [1, 2, 3]
-    assert all(np.isfinite(h["loss"]) for h in history)
-    # Both workers contributed: the queue holds 2 steps x 8 gathered keys.
-    assert history[1]["queue_fill"] == 16
-    assert os.path.exists(tmp_path / "mw" / "checkpoints" / "checkpoint")
+# Two local MultiWorkerMirroredStrategy workers train, are preempted and
+# resume in tests/test_fault_tolerance.py::test_sigterm_to_one_worker_saves_on_all_and_a_restart_resumes.
 
 
 # === The binary and bad input ===

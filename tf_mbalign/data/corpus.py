@@ -10,10 +10,18 @@ Supported inputs, all checked completely before training starts:
 
 Rules, the same for every reader:
 
-- lines are split on `\\n` only; a trailing `\\r` is dropped. Other Unicode
-  line breaks (`\\x0b`, `\\x85`, `\\u2028`) are text, not line ends.
+- lines are split on `\\n` only; trailing `\\r`s are dropped, and a last
+  line without `\\n` that is empty after that is no line (so the line count
+  always equals `tf.data.TextLineDataset`'s). Other Unicode line breaks
+  (`\\x0b`, `\\x85`, `\\u2028`) and a `\\r` inside a line are text, not
+  line ends. A UTF-8 byte-order mark at the start of a file is dropped;
+- files are read line by line: memory grows with the longest line, not with
+  the file. A line over `MAX_LINE_BYTES` (16 MiB) is an error naming
+  `file:line` (a binary file, or one without line ends);
 - invalid UTF-8 is an error naming `file:line` and the byte offset;
-- a pair with an empty (or whitespace-only) side is skipped and counted;
+- a pair with an empty side is skipped and counted; a side is empty when it
+  has no visible character (only whitespace, control or format characters
+  such as NUL, U+200B or U+FEFF, which tokenizers drop);
 - a side longer than `max_chars` characters is truncated and counted;
 - a TSV line needs exactly one tab (`file:line` error otherwise);
 - line-aligned files must have the same number of lines (both paths and both
@@ -23,13 +31,19 @@ Rules, the same for every reader:
 
 import dataclasses
 import glob
+import itertools
 import os
 import re
+import unicodedata
 
 import numpy as np
 
 DEFAULT_MAX_CHARS = 2000
+MAX_LINE_BYTES = 16 * 1024 * 1024
 _PAIR_FILE = re.compile(r"^en-([A-Za-z_]+)\.tsv$")
+_BOM = b"\xef\xbb\xbf"
+# Characters BERT-style tokenizers drop: they do not make a side non-empty.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 
 
 class CorpusError(ValueError):
@@ -76,30 +90,71 @@ class ParallelCorpus:
         }
 
 
-def _read_lines(path):
-    """Returns the decoded lines of a file, checking that it is UTF-8."""
+def has_visible_text(text):
+    """True if `text` has a character a tokenizer keeps (not whitespace,
+    control or format characters, not U+FFFD)."""
+    for char in text:
+        if not char.isspace() and char != "\ufffd" and (
+                unicodedata.category(char) not in _INVISIBLE_CATEGORIES):
+            return True
+    return False
+
+
+def _check_file(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Corpus file not found: {path}")
     if not os.path.isfile(path):
         raise CorpusError(f"{path}: is not a regular file.")
+
+
+def _raw_lines(path):
+    """Yields (line_number, raw bytes without line end), reading line by line.
+
+    Raises:
+        CorpusError: a line longer than `MAX_LINE_BYTES`.
+    """
+    _check_file(path)
     with open(path, "rb") as f:
-        data = f.read()
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # The newline at the end of the last line.
-    lines = []
-    for number, raw in enumerate(raw_lines, start=1):
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
+        number = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number += 1
+            ended = raw.endswith(b"\n")
+            if ended:
+                raw = raw[:-1]
+            elif len(raw) > MAX_LINE_BYTES:
+                raise CorpusError(
+                    f"{path}:{number}: line longer than {MAX_LINE_BYTES} bytes. A corpus "
+                    "line is one sentence pair; is this a binary file, or one without "
+                    "newline line ends?"
+                )
+            raw = raw.rstrip(b"\r")
+            if not ended and not raw:
+                return  # Only \r after the last newline: no line.
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            yield number, raw
+
+
+def _read_lines(path):
+    """Yields (line_number, text) of a file, checking that it is UTF-8."""
+    for number, raw in _raw_lines(path):
         try:
-            lines.append(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             raise CorpusError(
                 f"{path}:{number}: invalid UTF-8 at byte {error.start} of the line "
                 f"({error.reason}). Re-encode the file as UTF-8, e.g. "
                 f"`iconv -f <encoding> -t UTF-8`."
             ) from None
-    return lines
+        yield number, text
+
+
+def count_lines(path):
+    """The number of lines of a file under the rules above (no decoding)."""
+    return sum(1 for _ in _raw_lines(path))
 
 
 class _Builder:
@@ -115,7 +170,7 @@ class _Builder:
         self.stats.files.append(path)
 
     def add(self, english, other, language, source):
-        if not english.strip() or not other.strip():
+        if not has_visible_text(english) or not has_visible_text(other):
             self.stats.skipped_empty += 1
             return
         if len(english) > self.max_chars or len(other) > self.max_chars:
@@ -158,8 +213,8 @@ def _language_of(path, language):
 
 def _add_tsv(builder, path, language):
     builder.add_file(path)
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
+    for number, line in _read_lines(path):
+        if not has_visible_text(line):
             builder.stats.skipped_empty += 1
             continue
         fields = line.split("\t")
@@ -181,20 +236,27 @@ def read_tsv(path, language=None, max_chars=DEFAULT_MAX_CHARS):
 
 def read_line_aligned(english_path, other_path, language="xx", max_chars=DEFAULT_MAX_CHARS):
     """Reads two line-aligned files: line i of one translates line i of the other."""
-    english_lines = _read_lines(english_path)
-    other_lines = _read_lines(other_path)
-    if len(english_lines) != len(other_lines):
-        raise CorpusError(
-            "Line-aligned files differ in length: "
-            f"{english_path} has {len(english_lines)} lines, "
-            f"{other_path} has {len(other_lines)} lines. Line i of one file must "
-            "translate line i of the other."
-        )
+    _check_file(english_path)
+    _check_file(other_path)
     builder = _Builder(max_chars)
     builder.add_file(english_path)
     builder.add_file(other_path)
-    for number, (english, other) in enumerate(zip(english_lines, other_lines), start=1):
-        builder.add(english, other, language, f"{other_path}:{number}")
+    counts = [0, 0]
+    for english, other in itertools.zip_longest(_read_lines(english_path),
+                                                _read_lines(other_path)):
+        if english is not None:
+            counts[0] = english[0]
+        if other is not None:
+            counts[1] = other[0]
+        if english is not None and other is not None:
+            builder.add(english[1], other[1], language, f"{other_path}:{other[0]}")
+    if counts[0] != counts[1]:
+        raise CorpusError(
+            "Line-aligned files differ in length: "
+            f"{english_path} has {counts[0]} lines, "
+            f"{other_path} has {counts[1]} lines. Line i of one file must "
+            "translate line i of the other."
+        )
     return builder.build(f"{english_path} + {other_path}")
 
 

@@ -109,6 +109,17 @@ def make_example(english, other, position, tokenizer, config, pair_id=-1):
     }
 
 
+def batch_fingerprint(pair_ids):
+    """A stable 64-bit hash (int64 scalar) of a batch's pair ids, in order.
+
+    Logged per step, so two runs, or a run and its resumed continuation, can
+    be checked batch by batch for repeated or skipped data.
+    """
+    text = tf.strings.reduce_join(tf.strings.as_string(tf.cast(pair_ids, tf.int64)),
+                                  separator=",")
+    return tf.strings.to_hash_bucket_fast(text, tf.int64.max)
+
+
 def build_dataset(
     corpus,
     tokenizer,

@@ -39,7 +39,7 @@ from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
 from tf_mbalign.evaluation import mlqa_metrics, reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.span_extractor import SpanExtractor
-from tf_mbalign.training.finetuning import FineTuner, span_loss
+from tf_mbalign.training.finetuning import FineTuner, loss_summary, span_loss
 
 SETTINGS = ("zero_shot", "code_switch")
 _FILE = re.compile(r"^(dev|train|test)-context-([A-Za-z_-]+)-question-([A-Za-z_-]+)\.json$")
@@ -321,19 +321,11 @@ def run_mlqa(trained, data, config, finetune, log=print, progress=True):
         steps = finetune.total_steps(len(features.rows))
         tuner = FineTuner(model, span_loss, finetune, steps,
                            pad_rows(features.rows[:2], tokenizer.pad_id))
-        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if progress else 0)
-        step, run_losses = 0, []
-        while step < steps:
-            for index in length_grouped_batches([len(r) for r in features.rows],
-                                                finetune.batch_size, rng):
-                labels = {"start_positions": features.start_positions[index],
-                          "end_positions": features.end_positions[index]}
-                run_losses.append(tuner.train_step(
-                    pad_rows([features.rows[i] for i in index], tokenizer.pad_id), labels))
-                step += 1
-                bar.update(step, [("loss", float(np.mean(run_losses[-20:])))])
-                if step == steps:
-                    break
+        def labels_at(index, features=features):
+            return {"start_positions": features.start_positions[index],
+                    "end_positions": features.end_positions[index]}
+
+        run_losses = tuner.fit(features.rows, labels_at, tokenizer.pad_id, steps, rng, progress)
         losses.append(run_losses)
         for (c, q), examples_cq in test.items():
             f = test_features[(c, q)]
@@ -350,8 +342,7 @@ def run_mlqa(trained, data, config, finetune, log=print, progress=True):
     return {
         "task": "mlqa", "setting": config.setting, "encoder": trained.source,
         "metrics": metrics, "average": average,
-        "training_loss": {"first_20": [float(np.mean(x[:20])) for x in losses],
-                          "last_20": [float(np.mean(x[-20:])) for x in losses]},
+        "training_loss": loss_summary(losses),
         "train_questions": len(examples), "train_windows": len(features.rows), "steps": steps,
         "test_questions": {f"{c}-{q}": len(e) for (c, q), e in test.items()},
         "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},

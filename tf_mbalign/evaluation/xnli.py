@@ -35,7 +35,7 @@ from tf_mbalign.data.tlm_masking import truncate_pair_lengths
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier
-from tf_mbalign.training.finetuning import FineTuner, classification_loss
+from tf_mbalign.training.finetuning import FineTuner, classification_loss, loss_summary
 
 LABELS = ("entailment", "neutral", "contradiction")
 SETTINGS = ("zero_shot", "translate_train", "code_switch")
@@ -127,24 +127,37 @@ def read_xnli_tfds(languages, max_train_examples=0):
         limit = f"[:{max_train_examples}]" if max_train_examples and split == "train" else ""
         return tfds.as_numpy(tfds.load(name, split=split + limit))
 
-    train = {"en": [_decode_nli(x["premise"], x["hypothesis"], x["label"], f"multi_nli:{i}")
-                    for i, x in enumerate(take("multi_nli", "train"))]}
     others = [lang for lang in languages if lang != "en"]
-    if others:
-        for lang in others:
-            train[lang] = []
+    if others:  # English from the same rows, so every language stays line-aligned.
+        train = {lang: [] for lang in ["en", *others]}
         for i, x in enumerate(take("xtreme_xnli", "train")):
-            hypotheses = dict(zip(x["hypothesis"]["language"], x["hypothesis"]["translation"]))
-            for lang in others:
-                train[lang].append(_decode_nli(x["premise"][lang], hypotheses[lang.encode()],
-                                               x["label"], f"xtreme_xnli:{i}"))
+            for lang, row in zip(train, translated_rows(x, list(train), f"xtreme_xnli:{i}")):
+                train[lang].append(row)
+    else:
+        train = {"en": [_decode_nli(x["premise"], x["hypothesis"], x["label"], f"multi_nli:{i}")
+                        for i, x in enumerate(take("multi_nli", "train"))]}
     test = {lang: [] for lang in languages}
     for i, x in enumerate(take("xnli", "test")):
-        hypotheses = dict(zip(x["hypothesis"]["language"], x["hypothesis"]["translation"]))
-        for lang in languages:
-            test[lang].append(_decode_nli(x["premise"][lang], hypotheses[lang.encode()],
-                                          x["label"], f"xnli:test:{i}"))
+        for lang, row in zip(languages, translated_rows(x, languages, f"xnli:test:{i}")):
+            test[lang].append(row)
     return NliData(train, test)
+
+
+def translated_rows(example, languages, source):
+    """One TFDS xnli / xtreme_xnli example -> a row per language.
+
+    The premise is a `Translation` ({lang: text}); the hypothesis a
+    `TranslationVariableLanguages` ({"language": [...], "translation": [...]}).
+    """
+    hypotheses = {(k.decode() if isinstance(k, bytes) else k): v for k, v in
+                  zip(example["hypothesis"]["language"], example["hypothesis"]["translation"])}
+    premises = {(k.decode() if isinstance(k, bytes) else k): v
+                for k, v in example["premise"].items()}
+    missing = [lang for lang in languages if lang not in premises or lang not in hypotheses]
+    if missing:
+        raise ValueError(f"{source}: no {', '.join(missing)} translation.")
+    return [_decode_nli(premises[lang], hypotheses[lang], example["label"], source)
+            for lang in languages]
 
 
 def _decode_nli(premise, hypothesis, label, source):
@@ -248,17 +261,8 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
         steps = finetune.total_steps(len(rows))
         tuner = FineTuner(model, classification_loss, finetune, steps,
                            pad_rows(rows[:2], tokenizer.pad_id))
-        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if progress else 0)
-        step, run_losses = 0, []
-        while step < steps:
-            for index in length_grouped_batches([len(r) for r in rows], finetune.batch_size, rng):
-                loss = tuner.train_step(pad_rows([rows[i] for i in index], tokenizer.pad_id),
-                                        labels[index])
-                run_losses.append(loss)
-                step += 1
-                bar.update(step, [("loss", float(np.mean(run_losses[-20:])))])
-                if step == steps:
-                    break
+        run_losses = tuner.fit(rows, lambda index: labels[index], tokenizer.pad_id, steps, rng,
+                               progress)
         losses.append(run_losses)
         for lang in eval_languages:
             rows_l, gold = test_rows[lang]
@@ -271,8 +275,7 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
     return {
         "task": "xnli", "setting": config.setting, "encoder": trained.source,
         "metrics": metrics, "average": average,
-        "training_loss": {"first_20": [float(np.mean(x[:20])) for x in losses],
-                          "last_20": [float(np.mean(x[-20:])) for x in losses]},
+        "training_loss": loss_summary(losses),
         "train_examples": len(rows), "steps": steps,
         "test_examples": {lang: len(test_rows[lang][1]) for lang in eval_languages},
         "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},

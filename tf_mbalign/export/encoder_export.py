@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -97,9 +98,94 @@ def export_encoder(encoder, tokenizer, export_dir, mlm_head=None, pooling="cls",
     return paths
 
 
+class UnsafeModelFileError(ValueError):
+    """A `.keras` file that is not a plain exported encoder; nothing was loaded."""
+
+
+# What `export_encoder` writes: a BertEncoder of plain values, its weights.
+_ARCHIVE_MEMBERS = {"config.json", "metadata.json", "model.weights.h5"}
+_ENCODER_CLASS = ("tf_mbalign.modeling.bert_encoder", "BertEncoder", "tf_mbalign>BertEncoder")
+_ENCODER_ARGS = {
+    "name": str, "trainable": bool, "vocabulary_size": int, "num_layers": int,
+    "num_heads": int, "hidden_dim": int, "intermediate_dim": int, "dropout": (int, float),
+    "max_sequence_length": int, "num_segments": int, "hidden_activation": str,
+    "layer_norm_epsilon": (int, float),
+}
+_TOP_LEVEL_KEYS = {"module", "class_name", "config", "registered_name", "build_config",
+                   "compile_config"}
+
+
+def check_encoder_archive(path):
+    """Refuses a `.keras` file unless it is exactly what `export_encoder` writes.
+
+    The check reads only the zip listing and `config.json` (as JSON): the
+    top object must be our `BertEncoder`, its arguments plain numbers and
+    strings, its dtype a plain `DTypePolicy`. Any other object (a Lambda
+    layer, a TFSMLayer, a function reference such as
+    `keras.config.enable_unsafe_deserialization`) is refused before Keras
+    deserializes anything, independently of Keras' own safe_mode checks.
+
+    Raises:
+        UnsafeModelFileError: naming the file and what was found.
+    """
+    def refuse(what):
+        raise UnsafeModelFileError(
+            f"{path}: {what}. Only encoders written by tf_mbalign's export are loaded "
+            "(a model file is a program; nothing from this one was run). Re-export the "
+            "encoder from its training run: python -m tf_mbalign.export --model_dir=... "
+            "--export_dir=..."
+        )
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+            if members - _ARCHIVE_MEMBERS:
+                refuse(f"unexpected archive members {sorted(members - _ARCHIVE_MEMBERS)}")
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        if isinstance(error, UnsafeModelFileError):
+            raise
+        refuse(f"not a readable .keras archive ({error})")
+    if not isinstance(config, dict) or set(config) - _TOP_LEVEL_KEYS:
+        refuse("config.json is not a single serialized object")
+    found = (config.get("module"), config.get("class_name"), config.get("registered_name"))
+    if found != _ENCODER_CLASS:
+        refuse(f"the model is {found[1]!r} from {found[0]!r}, not tf_mbalign's BertEncoder")
+    arguments = config.get("config")
+    if not isinstance(arguments, dict):
+        refuse("the encoder has no configuration")
+    for key, value in arguments.items():
+        if key == "dtype":
+            plain = isinstance(value, str) or (
+                isinstance(value, dict) and value.get("module") == "keras"
+                and value.get("class_name") == "DTypePolicy"
+                and value.get("registered_name") is None
+                and set(value) <= {"module", "class_name", "config", "registered_name"}
+                and isinstance(value.get("config"), dict)
+                and set(value["config"]) == {"name"} and isinstance(value["config"]["name"], str))
+            if not plain:
+                refuse(f"the encoder's dtype is not a plain DTypePolicy: {str(value)[:200]}")
+        elif key not in _ENCODER_ARGS:
+            refuse(f"unknown encoder argument {key!r}")
+        elif not isinstance(value, _ENCODER_ARGS[key]) or (
+                isinstance(value, bool) and _ENCODER_ARGS[key] is not bool):
+            refuse(f"encoder argument {key!r} is {str(value)[:200]}, not a plain value")
+    for key in ("build_config", "compile_config"):
+        value = config.get(key)
+        if value not in (None, {}) and not (
+                key == "build_config" and set(value) == {"input_shape"}
+                and value["input_shape"] is None):
+            refuse(f"unexpected {key}: {str(value)[:200]}")
+
+
 def load_encoder(export_dir):
-    """The exported `BertEncoder` as a Keras model (safe_mode, no Lambda)."""
+    """The exported `BertEncoder` as a Keras model.
+
+    The file is checked first (`check_encoder_archive`), then loaded with
+    `safe_mode=True`.
+    """
     from tf_mbalign.modeling import bert_encoder  # noqa: F401  (registers the class)
 
-    return keras.saving.load_model(os.path.join(export_dir, "keras", "encoder.keras"),
-                                   safe_mode=True)
+    path = os.path.join(export_dir, "keras", "encoder.keras")
+    check_encoder_archive(path)
+    return keras.saving.load_model(path, safe_mode=True)

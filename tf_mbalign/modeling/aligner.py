@@ -16,6 +16,14 @@ batch. Gradients are summed and clipped by their *global* norm here (Keras'
 own clipping would clip each replica's part separately), then handed to the
 optimizer divided by the replica count, because the Keras optimizer sums
 gradients over replicas once more.
+
+Non-finite steps: `train_step_with_status` reports whether the global loss
+and the gradient norm are finite. A step whose update was not applied (with
+mixed float16 the LossScaleOptimizer skips non-finite gradients) leaves the
+whole model as it was: the key-encoder EMA and the queue write are
+where-selected on the same flag. The EMA runs after the gradient update with
+the updated encoder (MoCo runs it at the start of the next step with the
+same weights; the two orders give the same key encoder at every step).
 """
 
 import keras
@@ -46,6 +54,16 @@ def clone_encoder(encoder, name):
     clone = BertEncoder.from_config(config)
     clone.set_weights(encoder.get_weights())
     return clone
+
+
+@tf.custom_gradient
+def _scale_gradient(value, multiplier):
+    """Identity whose gradient is multiplied by `multiplier` (fault injection)."""
+
+    def gradient(upstream):
+        return upstream * tf.cast(multiplier, upstream.dtype), tf.zeros_like(multiplier)
+
+    return tf.identity(value), gradient
 
 
 @keras.saving.register_keras_serializable(package="tf_mbalign")
@@ -198,9 +216,11 @@ class Aligner(keras.Model):
             pairs += list(zip(self.key_projection.weights, self.projection.weights))
         return pairs
 
-    def update_key_encoder(self):
+    def update_key_encoder(self, apply=None):
+        """EMA of the key encoder toward the encoder; `apply` (bool tensor)
+        keeps the old values where False."""
         keys, queries = zip(*self.momentum_variables())
-        moco.momentum_update(keys, queries, self.momentum)
+        moco.momentum_update(keys, queries, self.momentum, apply=apply)
 
     # === Training ===
 
@@ -277,10 +297,27 @@ class Aligner(keras.Model):
         return norm
 
     def train_step(self, data):
-        batch = data
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        self.train_step_with_status(data)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step_with_status(self, batch, loss_multiplier=None, gradient_multiplier=None):
+        """One training step (replica context); returns what the loop checks.
+
+        Args:
+            batch: a per-replica batch of the input pipeline.
+            loss_multiplier, gradient_multiplier: optional float32 scalars
+                that multiply the loss / the gradients; a fault-injection
+                test hook (NaN, inf), None in normal training.
+
+        Returns:
+            A dict of tensors, identical on every replica: `loss` (global),
+            `loss_finite`, `gradients_finite`, `applied` (the update and
+            the EMA / queue writes happened) and `pair_ids` (int32, the
+            global batch's pair ids in replica order; -1 without pair ids).
+        """
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
         optimizer = self.optimizer if self.train_encoder else self.head_optimizer
-        self.update_key_encoder()
         keys = tf.stop_gradient(
             self.embed(batch["key_token_ids"], batch["key_padding_mask"],
                        training=False, momentum_branch=True)
@@ -288,19 +325,32 @@ class Aligner(keras.Model):
         variables = self._trained_variables()
         with tf.GradientTape() as tape:
             losses = self.compute_losses(batch, keys, training=True)
-            scaled_loss = optimizer.scale_loss(losses["loss"])
+            loss = losses["loss"]
+            if loss_multiplier is not None:
+                loss = loss * tf.cast(loss_multiplier, loss.dtype)
+            scaled_loss = optimizer.scale_loss(loss)
+            if gradient_multiplier is not None:
+                # Same value, gradient times the multiplier all the way back
+                # through the (possibly float16) layers.
+                scaled_loss = _scale_gradient(scaled_loss, gradient_multiplier)
         norm = self._apply_gradients(optimizer, scaled_loss, tape, variables)
+        global_loss = context.all_reduce("sum", loss) if replicas > 1 else loss
+        loss_finite = tf.math.is_finite(global_loss)
+        gradients_finite = tf.math.is_finite(norm)
+        applied = loss_finite & gradients_finite
+        self.update_key_encoder(apply=applied)
         pair_ids = batch.get("pair_id")
-        self.key_queue.enqueue(
-            moco.all_gather_keys(keys),
-            # int32: MultiWorkerMirroredStrategy could not all-gather int64 here
-            # ("destinations can not be empty").
-            None if pair_ids is None else moco.all_gather_keys(tf.cast(pair_ids, tf.int32)),
-        )
+        # int32: MultiWorkerMirroredStrategy could not all-gather int64 here
+        # ("destinations can not be empty").
+        global_pair_ids = (moco.all_gather_keys(tf.cast(pair_ids, tf.int32))
+                           if pair_ids is not None else
+                           tf.fill([tf.shape(keys)[0] * replicas], tf.constant(-1, tf.int32)))
+        self.key_queue.enqueue(moco.all_gather_keys(keys),
+                               None if pair_ids is None else global_pair_ids, apply=applied)
 
         # Metrics: Mean metrics sum over replicas on read, so each replica
         # adds its share with a weight that makes the total the global value.
-        self.loss_tracker.update_state(losses["loss"] * replicas)
+        self.loss_tracker.update_state(loss * replicas)
         self.tlm_loss_tracker.update_state(
             tf.math.divide_no_nan(losses["token_losses_sum"], losses["local_tokens"]),
             sample_weight=losses["local_tokens"],
@@ -312,7 +362,9 @@ class Aligner(keras.Model):
         self.moco_loss_tracker.update_state(losses["moco_losses"])
         self.moco_accuracy.update_state(losses["moco_correct"])
         self.gradient_norm.update_state(norm)
-        return {m.name: m.result() for m in self.metrics}
+        return {"loss": global_loss, "loss_finite": loss_finite,
+                "gradients_finite": gradients_finite, "applied": applied,
+                "pair_ids": global_pair_ids}
 
     def get_config(self):
         return {

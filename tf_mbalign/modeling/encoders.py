@@ -110,6 +110,13 @@ def load_hf_bert_dir(directory, dropout=0.1, dtype=None):
         raise FileNotFoundError(f"{directory}: missing model.safetensors.{hint}")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)
+    if not isinstance(config, dict) or "model_type" not in config or "registered_name" in config:
+        # keras-hub would read a config with `registered_name` as a serialized
+        # Keras object, not as Hugging Face weights.
+        raise ValueError(
+            f"{config_path}: not a Hugging Face model config (it needs `model_type`, e.g. "
+            '"bert"). Pass the directory written by `save_pretrained`.'
+        )
     hidden_act = config.get("hidden_act", "gelu")
     if hidden_act not in _HF_ACTIVATIONS:
         raise ValueError(

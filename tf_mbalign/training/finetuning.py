@@ -21,7 +21,10 @@ for batch, labels in batches:
 import dataclasses
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
 
 from tf_mbalign.training.optimization import create_optimizer
 
@@ -102,6 +105,38 @@ class FineTuner:
 
     def predict(self, inputs):
         return self._predict(inputs)
+
+    def fit(self, rows, labels_at, pad_id, steps, rng, progress=True):
+        """`steps` updates over shuffled, length-grouped batches of `rows`.
+
+        Args:
+            rows: token-id lists.
+            labels_at: callable, batch row indices -> the batch's labels.
+            pad_id: the tokenizer's padding id.
+            steps: number of updates (epochs repeat as needed).
+            rng: `np.random.RandomState` for the order.
+            progress: show a Keras progress bar.
+
+        Returns:
+            the loss of every step.
+        """
+        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=int(progress))
+        lengths = [len(r) for r in rows]
+        losses = []
+        while len(losses) < steps:
+            for index in length_grouped_batches(lengths, self.config.batch_size, rng):
+                losses.append(self.train_step(pad_rows([rows[i] for i in index], pad_id),
+                                              labels_at(index)))
+                bar.update(len(losses), [("loss", float(np.mean(losses[-20:])))])
+                if len(losses) == steps:
+                    break
+        return losses
+
+
+def loss_summary(losses_per_seed):
+    """Mean training loss of the first and last 20 steps of each seed's run."""
+    return {"first_20": [float(np.mean(x[:20])) for x in losses_per_seed],
+            "last_20": [float(np.mean(x[-20:])) for x in losses_per_seed]}
 
 
 def classification_loss(labels, logits):
