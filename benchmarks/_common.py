@@ -51,6 +51,10 @@ if sys.path[:1] != [REPO_ROOT]:
 from tf_mbalign import runtime  # noqa: E402
 
 tf = runtime.import_tensorflow_quietly()
+# On a GPU the PyTorch reference shares the device: TensorFlow must not take
+# all of its memory up front.
+for _gpu in tf.config.list_physical_devices("GPU"):
+    tf.config.experimental.set_memory_growth(_gpu, True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
