@@ -1,7 +1,8 @@
 """How the alignment step scales: queue size, sequence length, memory.
 
-0. The queue's own work per step, isolated (`--parts queue_ops`): InfoNCE
-   logits against K keys with their gradient, and the enqueue, in ms.
+0. The queue's own work per step, isolated (`--parts queue_ops`): a full
+   read, InfoNCE logits against K keys with their gradient, and the
+   enqueue, in ms.
 1. Step time vs MoCo queue size K (default 1,024 -> 65,536) at the shape's
    default batch and lengths. One model per K, all built first, then timed
    round-robin (`--rounds` rounds, median per K), so drift hits every K
@@ -99,47 +100,62 @@ def length_sweep(shape_name, base, lengths, rounds, jit_compile, target_seconds,
 
 
 def queue_ops(queue_sizes, dim, batch, repeats=15):
-    """Milliseconds per step of the queue's own work, isolated: the InfoNCE
-    logits against the queue with the loss's gradient w.r.t. the queries
-    (`moco.contrastive_logits`, `KeyQueue.valid_mask`), and `KeyQueue.enqueue`."""
+    """Milliseconds per step of the queue's own work, isolated, as the step
+    does it: a full read of the queue, the InfoNCE logits and the loss's
+    gradient w.r.t. the queries (`moco.contrastive_logits`,
+    `KeyQueue.valid_mask`), then `KeyQueue.enqueue` (conditional on a finite
+    loss, as the step calls it). Timed with and without the enqueue,
+    alternating; enqueue = the difference. (The enqueue alone would mislead:
+    after a sparse write TensorFlow copies the variable on its next full
+    read, so part of the write's cost shows up in the read.)"""
     from tf_mbalign.modeling import momentum_contrast as moco
 
+    tf = common.tf
     rows = []
     rng = np.random.default_rng(0)
 
     def unit(n):
         x = rng.standard_normal((n, dim)).astype(np.float32)
-        return common.tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
+        return tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
 
     queries, keys = unit(batch), unit(batch)
-    ids = common.tf.range(batch)
+    ids = tf.range(batch)
     for k in queue_sizes:
-        queue = moco.KeyQueue(k, dim)
-        queue.keys.assign(unit(k))
-        queue.filled.assign(k)
+        contents = unit(k)
 
-        @common.tf.function
-        def logits_and_gradient():
-            with common.tf.GradientTape() as tape:
-                tape.watch(queries)
-                logits = moco.contrastive_logits(queries, keys,
-                                                 common.tf.convert_to_tensor(queue.keys),
-                                                 queue.valid_mask(ids), 0.07)
-                loss = common.tf.reduce_mean(
-                    common.tf.nn.sparse_softmax_cross_entropy_with_logits(
-                        common.tf.zeros([batch], common.tf.int32), logits))
-            return common.tf.reduce_sum(tape.gradient(loss, queries))
+        def make(with_enqueue):
+            # A queue each: one that never had a sparse write reads without a copy.
+            queue = moco.KeyQueue(k, dim)
+            queue.keys.assign(contents)
+            queue.filled.assign(k)
 
-        @common.tf.function
-        def enqueue():
-            queue.enqueue(keys, ids)
-            return queue.pointer + 0
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    tape.watch(queries)
+                    logits = moco.contrastive_logits(queries, keys,
+                                                     tf.convert_to_tensor(queue.keys),
+                                                     queue.valid_mask(ids), 0.07)
+                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        tf.zeros([batch], tf.int32), logits))
+                gradient = tf.reduce_sum(tape.gradient(loss, queries))
+                if with_enqueue:
+                    queue.enqueue(keys, ids, apply=tf.math.is_finite(loss))
+                return gradient
 
-        row = {"queue_size": k, "dim": dim, "batch": batch}
-        for name, fn in (("logits_ms", logits_and_gradient), ("enqueue_ms", enqueue)):
+            return step
+
+        functions = {"logits_ms": make(False), "with_enqueue_ms": make(True)}
+        times = {name: [] for name in functions}
+        for fn in functions.values():
             fn().numpy()
-            row[name] = 1e3 * common.statistics.median(
-                common.timed(lambda: fn().numpy()) for _ in range(repeats))
+            fn().numpy()
+        for r in range(repeats):
+            for name in (list(functions) if r % 2 == 0 else list(functions)[::-1]):
+                times[name].append(common.timed(lambda: functions[name]().numpy()))
+        row = {"queue_size": k, "dim": dim, "batch": batch}
+        row.update({name: 1e3 * common.statistics.median(v) for name, v in times.items()})
+        row["enqueue_ms"] = row["with_enqueue_ms"] - row["logits_ms"]
         rows.append(row)
     return rows
 
@@ -260,12 +276,13 @@ def main(argv=None):
 
     if "queue_ops" in parts:
         dim = common.get_shape(args.shape).hidden_dim
-        rows = queue_ops(queue_sizes, dim, base.batch, repeats=3 if args.quick else 15)
+        rows = queue_ops(queue_sizes, dim, base.batch, repeats=3 if args.quick else 30)
         result["queue_ops"] = rows
         print(f"\nthe queue's own work per step, isolated (width {dim}, batch {base.batch}):")
         common.print_table(rows, [
-            ("K", "queue_size", "{}"), ("logits fwd+grad ms", "logits_ms", "{:.2f}"),
-            ("enqueue ms", "enqueue_ms", "{:.2f}")])
+            ("K", "queue_size", "{}"), ("read + logits fwd+grad ms", "logits_ms", "{:.2f}"),
+            ("+ enqueue ms", "with_enqueue_ms", "{:.2f}"),
+            ("enqueue share ms", "enqueue_ms", "{:.2f}")])
 
     if "queue" in parts:
         sweep = queue_sweep(args.shape, base, queue_sizes, args.rounds, args.xla,
