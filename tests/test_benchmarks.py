@@ -42,8 +42,10 @@ def test_flop_formula_by_hand(common):
 
 @pytest.fixture(scope="module")
 def tiny_step(common):
-    """One tiny `OurStep` (dropout 0), built and traced once for this file."""
-    shape = common.get_shape("tiny")
+    """One toy `OurStep` (1 layer, dropout 0), built and traced once for
+    this file (tracing the step is most of this file's time)."""
+    shape = common.ModelShape("toy", vocabulary_size=300, num_layers=1, hidden_dim=16,
+                              num_heads=2, intermediate_dim=32, max_sequence_length=32)
     settings = common.StepSettings(batch=2, seq_length=16, sentence_length=8, predictions=2,
                                    queue_size=8)
     batches = common.synthetic_batches(shape, settings, count=2, min_fill=0.5)
@@ -63,10 +65,10 @@ def test_torch_reference_is_the_same_step(common, tiny_step):
                                                    dropout=0.0)
     # Same weights (copied from Keras), dropout 0 -> the same losses, step by
     # step (2 steps when this test is the first to use the model, else 1).
-    check = train_step.check_same_step("tiny", settings, steps=2, ours=ours,
+    check = train_step.check_same_step("toy", settings, steps=2, ours=ours,
                                        reference=reference, log=lambda *_: None)
     assert max(check["max_relative_difference"].values()) < 1e-3, check
-    row = train_step.compare(ours, reference, "tiny", settings,
+    row = train_step.compare(ours, reference, "toy", settings,
                              common.step_flops(ours.shape, settings), peak=1e11, jit=False,
                              pairs=1, target_seconds=0.01, log=lambda *_: None)
     assert row["ratio_ours_over_reference"] > 0
@@ -78,7 +80,7 @@ def test_step_timing_and_scaling(common, tiny_step):
 
     settings, ours = tiny_step
     flops = common.step_flops(ours.shape, settings)
-    row = train_step.compare(ours, None, "tiny", settings, flops, peak=1e11, jit=False,
+    row = train_step.compare(ours, None, "toy", settings, flops, peak=1e11, jit=False,
                              pairs=1, target_seconds=0.01, log=lambda *_: None)
     assert "error" not in row, row.get("error")
     assert row["examples_per_s"] > 0 and 0 < row["mfu"] < 1
@@ -119,7 +121,10 @@ def test_pipeline_and_tokenizers(common):
 def test_serving_latency_core(common, tmp_path):
     import serving_latency
 
-    bundle = serving_latency.load_model("tiny")
+    from tf_mbalign.modeling import encoders
+
+    bundle = encoders.tiny_encoder("demo", num_layers=1, hidden_dim=16, num_heads=2,
+                                   intermediate_dim=32, max_sequence_length=32)
     callables, _ = serving_latency.build_callables(bundle, str(tmp_path / "export"), 32,
                                                    serving_only=True)
     sentences = ["Hello world.", "Guten Tag!", "Ein kurzer Satz."] * 4
