@@ -48,6 +48,10 @@ def round_robin(models, rounds, jit_compile, target_seconds):
     return {key: common.summarize(v) for key, v in seconds.items()}
 
 
+# One model the queue sweep leaves for the length sweep (the same settings).
+_KEPT = {}
+
+
 def queue_sweep(shape_name, base, queue_sizes, rounds, jit_compile, target_seconds, peak):
     shape = common.get_shape(shape_name)
     batches = common.synthetic_batches(shape, base)
@@ -66,8 +70,9 @@ def queue_sweep(shape_name, base, queue_sizes, rounds, jit_compile, target_secon
                      "mfu": flops["step"] / median / peak,
                      "vs_smallest": median / times[queue_sizes[0]]["median_s"]})
     largest, smallest = times[queue_sizes[-1]]["median_s"], times[queue_sizes[0]]["median_s"]
+    if base.queue_size in models:  # The length sweep's point at the base lengths.
+        _KEPT[(shape_name, base)] = models[base.queue_size]
     del models
-    keras.backend.clear_session()
     return {"shape": shape_name, "settings": common.dataclasses.asdict(base),
             "xla": jit_compile, "rows": rows,
             "queue_share_of_largest_step": (largest - smallest) / largest}
@@ -80,8 +85,8 @@ def length_sweep(shape_name, base, lengths, rounds, jit_compile, target_seconds,
         settings = common.dataclasses.replace(base, seq_length=length,
                                               sentence_length=length // 2)
         settings_of[length] = settings
-        models[length] = common.OurStep(shape, settings,
-                                        common.synthetic_batches(shape, settings))
+        models[length] = _KEPT.pop((shape_name, settings), None) or common.OurStep(
+            shape, settings, common.synthetic_batches(shape, settings))
     times = round_robin(models, rounds, jit_compile, target_seconds)
     rows = []
     for length in lengths:
@@ -215,18 +220,38 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def peak_rss(shape_name, side="ours", steps=3, quick=False, jit_compile=False, timeout=1800):
+def start_peak_rss(shape_name, side="ours", steps=3, quick=False, jit_compile=False):
+    """Starts the subprocess of `peak_rss`; `finish_peak_rss` collects it."""
     command = [sys.executable, __file__, "--_rss_child", shape_name, "--_rss_side", side,
                "--_rss_steps", str(steps)]
     if quick:
         command.append("--quick")
     if jit_compile:
         command.append("--_rss_xla")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    return shape_name, side, child
+
+
+def finish_peak_rss(started, timeout=1800):
+    shape_name, side, child = started
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return {"shape": shape_name, "side": side, "error": f"timed out after {timeout} s"}
+    if child.returncode != 0:
         return {"shape": shape_name, "side": side,
-                "error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+                "error": (stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def peak_rss(shape_name, side="ours", steps=3, quick=False, jit_compile=False, timeout=1800):
+    """Peak RSS and state bytes of `steps` steps of `shape_name` in a fresh
+    process (`side`: ours, torch, or none = the imports alone)."""
+    return finish_peak_rss(start_peak_rss(shape_name, side, steps, quick, jit_compile),
+                           timeout)
 
 
 def _torch_available():
@@ -264,7 +289,9 @@ def main(argv=None):
     base = common.DEFAULT_SETTINGS[args.shape]
     if args.quick:
         args.shape, base = "tiny", common.QUICK_SETTINGS
-        queue_sizes, lengths, memory_shapes = [64, 1024], [16, 32], ["tiny"]
+        # Two tiny models (tracing the step takes ~11 s each), the second
+        # sweep reusing the first's model at the base lengths.
+        queue_sizes, lengths, memory_shapes = [256, 1024], [32], ["tiny"]
         args.rounds, args.target_seconds, args.no_torch = 3, 0.05, True
 
     machine = common.machine_info()
@@ -273,6 +300,14 @@ def main(argv=None):
     print(f"matmul peak: {common.gflops(peak['peak_flops'])}", flush=True)
     result = {"benchmark": "scaling", "argv": sys.argv if argv is None else argv,
               "machine": machine, "peak": peak}
+
+    sides = ["ours"] + ([] if args.no_torch or not _torch_available() else ["torch"])
+    early = []
+    if "memory" in parts and args.quick:
+        # A smoke run: overlap the memory subprocess with the timings (which
+        # it disturbs; real runs measure memory after them, one at a time).
+        early = [start_peak_rss(s, side, quick=True, jit_compile=args.xla)
+                 for s in memory_shapes for side in sides]
 
     if "queue_ops" in parts:
         dim = common.get_shape(args.shape).hidden_dim
@@ -310,9 +345,9 @@ def main(argv=None):
             ("vs shortest", "vs_shortest", "{:.2f}")])
 
     if "memory" in parts:
-        sides = ["ours"] + ([] if args.no_torch or not _torch_available() else ["torch"])
-        rows = [peak_rss(s, side, quick=args.quick, jit_compile=args.xla)
-                for s in memory_shapes for side in sides]
+        rows = ([finish_peak_rss(started) for started in early] if early else
+                [peak_rss(s, side, quick=args.quick, jit_compile=args.xla)
+                 for s in memory_shapes for side in sides])
         result["memory"] = rows
         print("\npeak RSS per model size (fresh process each; settings as train_step.py):")
         for r in rows:

@@ -40,6 +40,19 @@ def test_flop_formula_by_hand(common):
         3 * (tlm + head + sentence) + sentence + 2 * moco)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def rss_child(common):
+    """The peak-RSS subprocess, started first so that it overlaps the other
+    tests (mostly single-threaded tracing); `test_peak_rss_subprocess`
+    collects it."""
+    import scaling
+
+    started = scaling.start_peak_rss("tiny", side="none", quick=True)
+    yield started
+    started[2].kill()  # No-op once collected.
+    started[2].communicate()
+
+
 @pytest.fixture(scope="module")
 def tiny_step(common):
     """One toy `OurStep` (1 layer, dropout 0), built and traced once for
@@ -89,14 +102,6 @@ def test_step_timing_and_scaling(common, tiny_step):
     assert times["a"]["median_s"] > 0
 
 
-def test_peak_rss_subprocess(common):
-    import scaling
-
-    row = scaling.peak_rss("tiny", side="none", quick=True, timeout=300)
-    assert "error" not in row, row.get("error")
-    assert row["peak_rss_bytes"] >= row["peak_rss_after_import_bytes"] > 0
-
-
 def test_matmul_peak(common):
     peak = common.matmul_peak(n=128, repeats=1)
     assert peak["peak_flops"] >= peak["tensorflow_flops"] > 0
@@ -132,3 +137,11 @@ def test_serving_latency_core(common, tmp_path):
                                      throughput_batches=1, batch=4, warmup=1)
     assert result["max_abs_difference"] < 1e-5
     assert result["exported"]["p50_ms"] > 0
+
+
+def test_peak_rss_subprocess(rss_child):
+    import scaling
+
+    row = scaling.finish_peak_rss(rss_child, timeout=300)
+    assert "error" not in row, row.get("error")
+    assert row["peak_rss_bytes"] >= row["peak_rss_after_import_bytes"] > 0
