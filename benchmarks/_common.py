@@ -238,8 +238,10 @@ class OurStep:
 
     Built exactly as the trainer builds it (`trainer.build_aligner` from a
     `TrainConfig`), stepped by a `tf.function` loop of
-    `strategy.run(aligner.train_step, ...)` like `AlignmentRun`'s, with the
-    step XLA-compiled when `jit_compile` (the trainer's `--jit_compile`).
+    `strategy.run(aligner.train_step, ...)` like `AlignmentRun`'s (which
+    runs the same step, `train_step_with_status`, plus a per-step batch
+    fingerprint and halt check of a few scalar ops), with the step
+    XLA-compiled when `jit_compile` (the trainer's `--jit_compile`).
     Both loop variants share one model, so one build serves graph and XLA.
     """
 

@@ -1,7 +1,8 @@
 """How the alignment step scales: queue size, sequence length, memory.
 
-0. The queue's own work per step, isolated (`--parts queue_ops`): InfoNCE
-   logits against K keys with their gradient, and the enqueue, in ms.
+0. The queue's own work per step, isolated (`--parts queue_ops`): a full
+   read, InfoNCE logits against K keys with their gradient, and the
+   enqueue, in ms.
 1. Step time vs MoCo queue size K (default 1,024 -> 65,536) at the shape's
    default batch and lengths. One model per K, all built first, then timed
    round-robin (`--rounds` rounds, median per K), so drift hits every K
@@ -47,6 +48,10 @@ def round_robin(models, rounds, jit_compile, target_seconds):
     return {key: common.summarize(v) for key, v in seconds.items()}
 
 
+# One model the queue sweep leaves for the length sweep (the same settings).
+_KEPT = {}
+
+
 def queue_sweep(shape_name, base, queue_sizes, rounds, jit_compile, target_seconds, peak):
     shape = common.get_shape(shape_name)
     batches = common.synthetic_batches(shape, base)
@@ -65,8 +70,9 @@ def queue_sweep(shape_name, base, queue_sizes, rounds, jit_compile, target_secon
                      "mfu": flops["step"] / median / peak,
                      "vs_smallest": median / times[queue_sizes[0]]["median_s"]})
     largest, smallest = times[queue_sizes[-1]]["median_s"], times[queue_sizes[0]]["median_s"]
+    if base.queue_size in models:  # The length sweep's point at the base lengths.
+        _KEPT[(shape_name, base)] = models[base.queue_size]
     del models
-    keras.backend.clear_session()
     return {"shape": shape_name, "settings": common.dataclasses.asdict(base),
             "xla": jit_compile, "rows": rows,
             "queue_share_of_largest_step": (largest - smallest) / largest}
@@ -79,8 +85,8 @@ def length_sweep(shape_name, base, lengths, rounds, jit_compile, target_seconds,
         settings = common.dataclasses.replace(base, seq_length=length,
                                               sentence_length=length // 2)
         settings_of[length] = settings
-        models[length] = common.OurStep(shape, settings,
-                                        common.synthetic_batches(shape, settings))
+        models[length] = _KEPT.pop((shape_name, settings), None) or common.OurStep(
+            shape, settings, common.synthetic_batches(shape, settings))
     times = round_robin(models, rounds, jit_compile, target_seconds)
     rows = []
     for length in lengths:
@@ -99,47 +105,62 @@ def length_sweep(shape_name, base, lengths, rounds, jit_compile, target_seconds,
 
 
 def queue_ops(queue_sizes, dim, batch, repeats=15):
-    """Milliseconds per step of the queue's own work, isolated: the InfoNCE
-    logits against the queue with the loss's gradient w.r.t. the queries
-    (`moco.contrastive_logits`, `KeyQueue.valid_mask`), and `KeyQueue.enqueue`."""
+    """Milliseconds per step of the queue's own work, isolated, as the step
+    does it: a full read of the queue, the InfoNCE logits and the loss's
+    gradient w.r.t. the queries (`moco.contrastive_logits`,
+    `KeyQueue.valid_mask`), then `KeyQueue.enqueue` (conditional on a finite
+    loss, as the step calls it). Timed with and without the enqueue,
+    alternating; enqueue = the difference. (The enqueue alone would mislead:
+    after a sparse write TensorFlow copies the variable on its next full
+    read, so part of the write's cost shows up in the read.)"""
     from tf_mbalign.modeling import momentum_contrast as moco
 
+    tf = common.tf
     rows = []
     rng = np.random.default_rng(0)
 
     def unit(n):
         x = rng.standard_normal((n, dim)).astype(np.float32)
-        return common.tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
+        return tf.constant(x / np.linalg.norm(x, axis=1, keepdims=True))
 
     queries, keys = unit(batch), unit(batch)
-    ids = common.tf.range(batch)
+    ids = tf.range(batch)
     for k in queue_sizes:
-        queue = moco.KeyQueue(k, dim)
-        queue.keys.assign(unit(k))
-        queue.filled.assign(k)
+        contents = unit(k)
 
-        @common.tf.function
-        def logits_and_gradient():
-            with common.tf.GradientTape() as tape:
-                tape.watch(queries)
-                logits = moco.contrastive_logits(queries, keys,
-                                                 common.tf.convert_to_tensor(queue.keys),
-                                                 queue.valid_mask(ids), 0.07)
-                loss = common.tf.reduce_mean(
-                    common.tf.nn.sparse_softmax_cross_entropy_with_logits(
-                        common.tf.zeros([batch], common.tf.int32), logits))
-            return common.tf.reduce_sum(tape.gradient(loss, queries))
+        def make(with_enqueue):
+            # A queue each: one that never had a sparse write reads without a copy.
+            queue = moco.KeyQueue(k, dim)
+            queue.keys.assign(contents)
+            queue.filled.assign(k)
 
-        @common.tf.function
-        def enqueue():
-            queue.enqueue(keys, ids)
-            return queue.pointer + 0
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    tape.watch(queries)
+                    logits = moco.contrastive_logits(queries, keys,
+                                                     tf.convert_to_tensor(queue.keys),
+                                                     queue.valid_mask(ids), 0.07)
+                    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        tf.zeros([batch], tf.int32), logits))
+                gradient = tf.reduce_sum(tape.gradient(loss, queries))
+                if with_enqueue:
+                    queue.enqueue(keys, ids, apply=tf.math.is_finite(loss))
+                return gradient
 
-        row = {"queue_size": k, "dim": dim, "batch": batch}
-        for name, fn in (("logits_ms", logits_and_gradient), ("enqueue_ms", enqueue)):
+            return step
+
+        functions = {"logits_ms": make(False), "with_enqueue_ms": make(True)}
+        times = {name: [] for name in functions}
+        for fn in functions.values():
             fn().numpy()
-            row[name] = 1e3 * common.statistics.median(
-                common.timed(lambda: fn().numpy()) for _ in range(repeats))
+            fn().numpy()
+        for r in range(repeats):
+            for name in (list(functions) if r % 2 == 0 else list(functions)[::-1]):
+                times[name].append(common.timed(lambda: functions[name]().numpy()))
+        row = {"queue_size": k, "dim": dim, "batch": batch}
+        row.update({name: 1e3 * common.statistics.median(v) for name, v in times.items()})
+        row["enqueue_ms"] = row["with_enqueue_ms"] - row["logits_ms"]
         rows.append(row)
     return rows
 
@@ -199,18 +220,38 @@ def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def peak_rss(shape_name, side="ours", steps=3, quick=False, jit_compile=False, timeout=1800):
+def start_peak_rss(shape_name, side="ours", steps=3, quick=False, jit_compile=False):
+    """Starts the subprocess of `peak_rss`; `finish_peak_rss` collects it."""
     command = [sys.executable, __file__, "--_rss_child", shape_name, "--_rss_side", side,
                "--_rss_steps", str(steps)]
     if quick:
         command.append("--quick")
     if jit_compile:
         command.append("--_rss_xla")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if done.returncode != 0:
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    return shape_name, side, child
+
+
+def finish_peak_rss(started, timeout=1800):
+    shape_name, side, child = started
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return {"shape": shape_name, "side": side, "error": f"timed out after {timeout} s"}
+    if child.returncode != 0:
         return {"shape": shape_name, "side": side,
-                "error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+                "error": (stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def peak_rss(shape_name, side="ours", steps=3, quick=False, jit_compile=False, timeout=1800):
+    """Peak RSS and state bytes of `steps` steps of `shape_name` in a fresh
+    process (`side`: ours, torch, or none = the imports alone)."""
+    return finish_peak_rss(start_peak_rss(shape_name, side, steps, quick, jit_compile),
+                           timeout)
 
 
 def _torch_available():
@@ -248,7 +289,9 @@ def main(argv=None):
     base = common.DEFAULT_SETTINGS[args.shape]
     if args.quick:
         args.shape, base = "tiny", common.QUICK_SETTINGS
-        queue_sizes, lengths, memory_shapes = [64, 1024], [16, 32], ["tiny"]
+        # Two tiny models (tracing the step takes ~11 s each), the second
+        # sweep reusing the first's model at the base lengths.
+        queue_sizes, lengths, memory_shapes = [256, 1024], [32], ["tiny"]
         args.rounds, args.target_seconds, args.no_torch = 3, 0.05, True
 
     machine = common.machine_info()
@@ -258,14 +301,23 @@ def main(argv=None):
     result = {"benchmark": "scaling", "argv": sys.argv if argv is None else argv,
               "machine": machine, "peak": peak}
 
+    sides = ["ours"] + ([] if args.no_torch or not _torch_available() else ["torch"])
+    early = []
+    if "memory" in parts and args.quick:
+        # A smoke run: overlap the memory subprocess with the timings (which
+        # it disturbs; real runs measure memory after them, one at a time).
+        early = [start_peak_rss(s, side, quick=True, jit_compile=args.xla)
+                 for s in memory_shapes for side in sides]
+
     if "queue_ops" in parts:
         dim = common.get_shape(args.shape).hidden_dim
-        rows = queue_ops(queue_sizes, dim, base.batch, repeats=3 if args.quick else 15)
+        rows = queue_ops(queue_sizes, dim, base.batch, repeats=3 if args.quick else 30)
         result["queue_ops"] = rows
         print(f"\nthe queue's own work per step, isolated (width {dim}, batch {base.batch}):")
         common.print_table(rows, [
-            ("K", "queue_size", "{}"), ("logits fwd+grad ms", "logits_ms", "{:.2f}"),
-            ("enqueue ms", "enqueue_ms", "{:.2f}")])
+            ("K", "queue_size", "{}"), ("read + logits fwd+grad ms", "logits_ms", "{:.2f}"),
+            ("+ enqueue ms", "with_enqueue_ms", "{:.2f}"),
+            ("enqueue share ms", "enqueue_ms", "{:.2f}")])
 
     if "queue" in parts:
         sweep = queue_sweep(args.shape, base, queue_sizes, args.rounds, args.xla,
@@ -293,9 +345,9 @@ def main(argv=None):
             ("vs shortest", "vs_shortest", "{:.2f}")])
 
     if "memory" in parts:
-        sides = ["ours"] + ([] if args.no_torch or not _torch_available() else ["torch"])
-        rows = [peak_rss(s, side, quick=args.quick, jit_compile=args.xla)
-                for s in memory_shapes for side in sides]
+        rows = ([finish_peak_rss(started) for started in early] if early else
+                [peak_rss(s, side, quick=args.quick, jit_compile=args.xla)
+                 for s in memory_shapes for side in sides])
         result["memory"] = rows
         print("\npeak RSS per model size (fresh process each; settings as train_step.py):")
         for r in rows:

@@ -156,7 +156,7 @@ def check_same_step(shape_name, settings, steps=3, ours=None, reference=None, lo
     torch_ref, note = _torch()
     if torch_ref is None:
         return {"skipped": note}
-    shape = common.get_shape(shape_name)
+    shape = ours.shape if ours is not None else common.get_shape(shape_name)
     if ours is None:
         batches = common.synthetic_batches(shape, settings, count=steps, min_fill=0.5)
         ours = common.OurStep(shape, settings, batches, dropout=0.0)

@@ -40,10 +40,25 @@ def test_flop_formula_by_hand(common):
         3 * (tlm + head + sentence) + sentence + 2 * moco)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def rss_child(common):
+    """The peak-RSS subprocess, started first so that it overlaps the other
+    tests (mostly single-threaded tracing); `test_peak_rss_subprocess`
+    collects it."""
+    import scaling
+
+    started = scaling.start_peak_rss("tiny", side="none", quick=True)
+    yield started
+    started[2].kill()  # No-op once collected.
+    started[2].communicate()
+
+
 @pytest.fixture(scope="module")
 def tiny_step(common):
-    """One tiny `OurStep` (dropout 0), built and traced once for this file."""
-    shape = common.get_shape("tiny")
+    """One toy `OurStep` (1 layer, dropout 0), built and traced once for
+    this file (tracing the step is most of this file's time)."""
+    shape = common.ModelShape("toy", vocabulary_size=300, num_layers=1, hidden_dim=16,
+                              num_heads=2, intermediate_dim=32, max_sequence_length=32)
     settings = common.StepSettings(batch=2, seq_length=16, sentence_length=8, predictions=2,
                                    queue_size=8)
     batches = common.synthetic_batches(shape, settings, count=2, min_fill=0.5)
@@ -63,10 +78,10 @@ def test_torch_reference_is_the_same_step(common, tiny_step):
                                                    dropout=0.0)
     # Same weights (copied from Keras), dropout 0 -> the same losses, step by
     # step (2 steps when this test is the first to use the model, else 1).
-    check = train_step.check_same_step("tiny", settings, steps=2, ours=ours,
+    check = train_step.check_same_step("toy", settings, steps=2, ours=ours,
                                        reference=reference, log=lambda *_: None)
     assert max(check["max_relative_difference"].values()) < 1e-3, check
-    row = train_step.compare(ours, reference, "tiny", settings,
+    row = train_step.compare(ours, reference, "toy", settings,
                              common.step_flops(ours.shape, settings), peak=1e11, jit=False,
                              pairs=1, target_seconds=0.01, log=lambda *_: None)
     assert row["ratio_ours_over_reference"] > 0
@@ -78,21 +93,13 @@ def test_step_timing_and_scaling(common, tiny_step):
 
     settings, ours = tiny_step
     flops = common.step_flops(ours.shape, settings)
-    row = train_step.compare(ours, None, "tiny", settings, flops, peak=1e11, jit=False,
+    row = train_step.compare(ours, None, "toy", settings, flops, peak=1e11, jit=False,
                              pairs=1, target_seconds=0.01, log=lambda *_: None)
     assert "error" not in row, row.get("error")
     assert row["examples_per_s"] > 0 and 0 < row["mfu"] < 1
     assert all(v == v for v in row["ours_metrics"].values())  # no NaN
     times = scaling.round_robin({"a": ours}, rounds=1, jit_compile=False, target_seconds=0.01)
     assert times["a"]["median_s"] > 0
-
-
-def test_peak_rss_subprocess(common):
-    import scaling
-
-    row = scaling.peak_rss("tiny", side="none", quick=True, timeout=300)
-    assert "error" not in row, row.get("error")
-    assert row["peak_rss_bytes"] >= row["peak_rss_after_import_bytes"] > 0
 
 
 def test_matmul_peak(common):
@@ -119,7 +126,10 @@ def test_pipeline_and_tokenizers(common):
 def test_serving_latency_core(common, tmp_path):
     import serving_latency
 
-    bundle = serving_latency.load_model("tiny")
+    from tf_mbalign.modeling import encoders
+
+    bundle = encoders.tiny_encoder("demo", num_layers=1, hidden_dim=16, num_heads=2,
+                                   intermediate_dim=32, max_sequence_length=32)
     callables, _ = serving_latency.build_callables(bundle, str(tmp_path / "export"), 32,
                                                    serving_only=True)
     sentences = ["Hello world.", "Guten Tag!", "Ein kurzer Satz."] * 4
@@ -127,3 +137,11 @@ def test_serving_latency_core(common, tmp_path):
                                      throughput_batches=1, batch=4, warmup=1)
     assert result["max_abs_difference"] < 1e-5
     assert result["exported"]["p50_ms"] > 0
+
+
+def test_peak_rss_subprocess(rss_child):
+    import scaling
+
+    row = scaling.finish_peak_rss(rss_child, timeout=300)
+    assert "error" not in row, row.get("error")
+    assert row["peak_rss_bytes"] >= row["peak_rss_after_import_bytes"] > 0

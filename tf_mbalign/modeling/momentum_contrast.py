@@ -151,14 +151,19 @@ class KeyQueue(keras.layers.Layer):
         new_pointer = (self.pointer + count) % self.queue_size
         new_filled = tf.minimum(self.filled + count, self.queue_size)
         if apply is not None:  # A skipped step leaves the queue as it was.
-            keys = tf.where(apply, keys, tf.gather_nd(tf.convert_to_tensor(self.keys), slots))
+            # Only the rows it would overwrite are read (a sparse read).
+            keys = tf.where(apply, keys, tf.gather(_tf_variable(self.keys), slots[:, 0]))
             pair_ids = tf.where(apply, pair_ids,
-                                tf.gather_nd(tf.convert_to_tensor(self.pair_ids), slots))
+                                tf.gather(_tf_variable(self.pair_ids), slots[:, 0]))
             new_pointer = tf.where(apply, new_pointer, tf.convert_to_tensor(self.pointer))
             new_filled = tf.where(apply, new_filled, tf.convert_to_tensor(self.filled))
-        # In place: rebuilding the whole queue (tensor_scatter_nd_update +
-        # assign) took 24 ms per step at 65,536 x 384 on 2 (shared) CPU
-        # cores, writing the rows 0.4 ms (BENCHMARKS.md).
+        # The rows are written in place. Once a variable has had a sparse
+        # update, TensorFlow copies it on every full read, so a step must
+        # read the whole queue only once (for the logits). Measured with that
+        # read and the logits' gradient, K 65,536, batch 16, 2 shared CPU
+        # cores: this write costs ~20 ms per step at width 384 and at 768;
+        # rebuilding the queue (tensor_scatter_nd_update + assign) cost ~20
+        # and 35-50 ms; a second full read here added ~20 ms (BENCHMARKS.md).
         replica_scatter_update(self.keys, slots, keys)
         replica_scatter_update(self.pair_ids, slots, pair_ids)
         replica_assign(self.pointer, new_pointer)
