@@ -279,6 +279,7 @@ class OurStep:
         if jit_compile not in self._loops:
             aligner, strategy = self.aligner, self.strategy
 
+            @tf.autograph.experimental.do_not_convert  # as the trainer's loop does
             def step_fn(batch):
                 aligner.train_step(batch)
 

@@ -202,10 +202,13 @@ def step_examples_per_s(shape_name, settings, step_json=None, timings=3, log=pri
     if step_json:
         import json
 
-        with open(step_json, encoding="utf-8") as f:
-            rows = [r for r in json.load(f)["rows"]
-                    if r["shape"] == shape_name and "examples_per_s" in r
-                    and r["batch"] == settings.batch and r["seq_length"] == settings.seq_length]
+        rows = []
+        for path in step_json.split(","):  # Several train_step.py runs may hold the rows.
+            with open(path, encoding="utf-8") as f:
+                rows += [r for r in json.load(f)["rows"]
+                         if r["shape"] == shape_name and "examples_per_s" in r
+                         and r["batch"] == settings.batch
+                         and r["seq_length"] == settings.seq_length]
         if rows:
             best = max(rows, key=lambda r: r["examples_per_s"])
             return {"examples_per_s": best["examples_per_s"],
@@ -230,7 +233,8 @@ def main(argv=None):
     parser.add_argument("--shapes", default=",".join(common.SHAPE_NAMES))
     parser.add_argument("--wordpiece_vocab", default="",
                         help="vocab.txt for the mbert-base pipeline (e.g. mBERT's)")
-    parser.add_argument("--step_json", default="", help="a train_step.py --json file")
+    parser.add_argument("--step_json", default="",
+                        help="train_step.py --json file(s), comma-separated")
     parser.add_argument("--batches", type=int, default=100, help="pipeline batches timed")
     parser.add_argument("--sentences", type=int, default=20000,
                         help="sentences for the tokenizer comparison")

@@ -55,8 +55,9 @@ def _steps_per_timing(seconds_per_step, target_seconds):
 
 
 def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_seconds,
-                  with_torch, peaks, min_fill=1.0, log=print):
-    """Rows of results for one model shape (one per precision x XLA mode)."""
+                  with_torch, peaks, min_fill=1.0, log=print, on_row=None):
+    """Rows of results for one model shape (one per precision x XLA mode);
+    `on_row(row)` is called as each row is finished."""
     shape = common.get_shape(shape_name)
     batches = common.synthetic_batches(shape, settings, min_fill=min_fill)
     flops = common.step_flops(shape, settings)
@@ -83,6 +84,8 @@ def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_sec
             if reference is None:
                 row["reference_note"] = torch_note
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
         del ours
         gc.collect()
         keras.backend.clear_session()
@@ -251,14 +254,24 @@ def main(argv=None):
     if not args.no_torch:
         check = check_same_step("tiny", common.QUICK_SETTINGS)
     rows = []
+    result = {"benchmark": "train_step", "argv": sys.argv if argv is None else argv,
+              "machine": machine, "peaks": peaks, "reference_check": check, "rows": rows,
+              "complete": False}
+
+    def save_so_far(row):
+        # Rows are written as they finish: a run killed later (e.g. by the
+        # OOM killer during an XLA compile) keeps what it measured.
+        rows.append(row)
+        common.write_json(args.json, result)
+
     for name in shapes:
         base = common.QUICK_SETTINGS if args.quick else common.DEFAULT_SETTINGS[name]
         overrides = {k: getattr(args, k) for k in ("batch", "seq_length", "sentence_length",
                                                    "predictions", "queue_size")
                      if getattr(args, k) is not None}
         settings = common.dataclasses.replace(base, **overrides)
-        rows += measure_shape(name, settings, precisions, xla_modes, args.pairs,
-                              args.target_seconds, not args.no_torch, peaks, args.min_fill)
+        measure_shape(name, settings, precisions, xla_modes, args.pairs, args.target_seconds,
+                      not args.no_torch, peaks, args.min_fill, on_row=save_so_far)
 
     print("\nsummary (median step time; ratio = median of per-pair ours/torch):")
     table = [dict(r, lengths=f"{r['seq_length']}/{r['sentence_length']}",
@@ -279,8 +292,7 @@ def main(argv=None):
             print(f"  {r['shape']} {r['precision']} xla={r['xla']}: {r['error']}")
     print("goals (issue 6): ours/torch <= 0.7; MFU >= 50% for e5-small and mbert-base. "
           "'first call' in the JSON is the trace (+ XLA compile) time.")
-    result = {"benchmark": "train_step", "argv": sys.argv if argv is None else argv,
-              "machine": machine, "peaks": peaks, "reference_check": check, "rows": rows}
+    result["complete"] = True
     common.write_json(args.json, result)
     return result
 

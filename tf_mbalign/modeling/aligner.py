@@ -289,11 +289,17 @@ class Aligner(keras.Model):
         if scale is not None:
             grads = [g / scale for g in grads]
         norm = tf.linalg.global_norm(grads)
-        if self.max_gradient_norm:
-            grads, _ = tf.clip_by_global_norm(grads, self.max_gradient_norm, use_norm=norm)
-        # Back to the optimizer's convention: scaled, and summed over replicas.
+        # Back to the optimizer's convention (scaled, summed over replicas) and
+        # clipped, in one multiplication: each pass over the gradients is a
+        # pass over every parameter.
         factor = (scale if scale is not None else 1.0) / replicas
-        optimizer.apply_gradients([(g * factor, v) for g, v in zip(grads, variables)])
+        if self.max_gradient_norm:
+            clip = tf.constant(self.max_gradient_norm, tf.float32)
+            # tf.clip_by_global_norm's factor; NaN when the norm is not finite.
+            factor = factor * (clip / tf.maximum(norm, clip) + (norm - norm))
+        if not (isinstance(factor, float) and factor == 1.0):
+            grads = [g * tf.cast(factor, g.dtype) for g in grads]
+        optimizer.apply_gradients(list(zip(grads, variables)))
         return norm
 
     def train_step(self, data):

@@ -58,10 +58,12 @@ def momentum_update(key_variables, query_variables, momentum, apply=None):
 
     def update(strategy):
         def ema(key, query):
-            value = momentum * key + (1.0 - momentum) * tf.cast(query, key.dtype)
+            # key - (1 - m)(key - query): three passes over the variable, and a
+            # skipped step is a zero rate rather than one more select.
+            rate = tf.constant(1.0 - momentum, key.dtype)
             if apply is not None:
-                value = tf.where(apply, value, key)
-            return key.assign(value)
+                rate = tf.where(apply, rate, tf.zeros_like(rate))
+            return key.assign_sub(rate * (key - tf.cast(query, key.dtype)))
 
         for key, query in pairs:
             strategy.extended.update(key, ema, args=(query,))

@@ -84,8 +84,11 @@ class FineTuner:
                                                config.weight_decay, name="head_adamw")
         self.optimizer.build(self.encoder_variables)
         self.head_optimizer.build(self.head_variables)
-        self._train_step = tf.function(self._step, reduce_retracing=True)
-        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        # No autograph: nothing here branches on tensors, and converting the
+        # Keras layers reached from the step only costs start-up time.
+        self._train_step = tf.function(self._step, reduce_retracing=True, autograph=False)
+        self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                                    autograph=False)
 
     def _step(self, inputs, labels):
         variables = self.encoder_variables + self.head_variables

@@ -247,6 +247,10 @@ class AlignmentRun:
             loss_multiplier, gradient_multiplier = self._fault_multipliers(global_step)
             return aligner.train_step_with_status(batch, loss_multiplier, gradient_multiplier)
 
+        # The step has no data-dependent Python control flow (Keras layers use
+        # ops.cond & co.): autograph would only spend start-up time converting
+        # the ~100 functions it reaches. The loop below is converted.
+        step_fn = tf.autograph.experimental.do_not_convert(step_fn)
         if self.config.jit_compile:  # XLA for the step; the iterator stays outside.
             step_fn = tf.function(step_fn, jit_compile=True)
 
