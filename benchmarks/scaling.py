@@ -318,6 +318,7 @@ def main(argv=None):
             ("K", "queue_size", "{}"), ("read + logits fwd+grad ms", "logits_ms", "{:.2f}"),
             ("+ enqueue ms", "with_enqueue_ms", "{:.2f}"),
             ("enqueue share ms", "enqueue_ms", "{:.2f}")])
+        common.write_json(args.json, result)  # Each part saved as it finishes.
 
     if "queue" in parts:
         sweep = queue_sweep(args.shape, base, queue_sizes, args.rounds, args.xla,
@@ -331,6 +332,7 @@ def main(argv=None):
             ("vs smallest K", "vs_smallest", "{:.3f}")])
         print(f"queue share of the K={queue_sizes[-1]} step: "
               f"{sweep['queue_share_of_largest_step']:.1%} (goal < 5%)", flush=True)
+        common.write_json(args.json, result)
 
     if "length" in parts:
         sweep = length_sweep(args.shape, base, lengths, args.rounds, args.xla,
@@ -343,6 +345,7 @@ def main(argv=None):
             ("step ms", "step_ms", "{:.1f}"), ("tok/s", "tokens_per_s", "{:.0f}"),
             ("GFLOP/step", "gflop_per_step", "{:.1f}"), ("MFU", "mfu", "{:.1%}"),
             ("vs shortest", "vs_shortest", "{:.2f}")])
+        common.write_json(args.json, result)
 
     if "memory" in parts:
         rows = ([finish_peak_rss(started) for started in early] if early else

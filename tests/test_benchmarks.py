@@ -145,3 +145,16 @@ def test_peak_rss_subprocess(rss_child):
     row = scaling.finish_peak_rss(rss_child, timeout=300)
     assert "error" not in row, row.get("error")
     assert row["peak_rss_bytes"] >= row["peak_rss_after_import_bytes"] > 0
+
+
+def test_parameter_passes(common, tmp_path):
+    import json
+
+    import parameter_passes
+
+    out = tmp_path / "passes.json"
+    result = parameter_passes.main(["--quick", "--json", str(out)])
+    assert [r["part"] for r in result["rows"]] == ["optimizer", "ema", "gradient scaling"]
+    for row in result["rows"]:
+        assert row["old"]["median_s"] > 0 and row["new"]["median_s"] > 0
+    assert json.loads(out.read_text())["parameters"] == result["parameters"] > 0
