@@ -10,6 +10,12 @@ STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
+def tf_variable(variable):
+    """The `tf.Variable` behind a Keras variable (TensorFlow backend); a
+    `tf.Variable` is returned as it is."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
 def get_strategy(name="default", tpu_address=""):
     """A `tf.distribute.Strategy` by name.
 

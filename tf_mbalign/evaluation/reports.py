@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from tf_mbalign.training.checkpointing import write_text_atomic
+
 
 def summarize(per_seed):
     """{metric: {row: [value per seed]}} -> (metrics, average) of a report.
@@ -111,9 +113,9 @@ def write_report(reports, path_prefix):
         reports = [reports]
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
     paths = {ext: f"{path_prefix}.{ext}" for ext in ("json", "md", "png")}
-    _write_atomic(paths["json"], json.dumps(reports if len(reports) > 1 else reports[0],
+    write_text_atomic(paths["json"], json.dumps(reports if len(reports) > 1 else reports[0],
                                             indent=2, ensure_ascii=False) + "\n")
-    _write_atomic(paths["md"], markdown_table(reports) + "\n")
+    write_text_atomic(paths["md"], markdown_table(reports) + "\n")
     plot(reports, paths["png"])
     return paths
 
@@ -123,8 +125,3 @@ def read_report(path):
         return json.load(f)
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

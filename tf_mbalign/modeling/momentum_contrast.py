@@ -15,9 +15,7 @@ all-gathered keys) are applied per device through `merge_call` +
 import keras
 import tensorflow as tf
 
-
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
+from tf_mbalign.distribute import tf_variable
 
 
 def replica_assign(variable, value):
@@ -31,7 +29,7 @@ def replica_assign(variable, value):
         strategy.extended.update(var, lambda v, x: v.assign(x), args=(val,))
 
     tf.distribute.get_replica_context().merge_call(
-        update, args=(_tf_variable(variable), value)
+        update, args=(tf_variable(variable), value)
     )
 
 
@@ -45,7 +43,7 @@ def replica_scatter_update(variable, indices, updates):
                                  args=(rows, values))
 
     tf.distribute.get_replica_context().merge_call(
-        update, args=(_tf_variable(variable), indices, updates)
+        update, args=(tf_variable(variable), indices, updates)
     )
 
 
@@ -54,7 +52,7 @@ def momentum_update(key_variables, query_variables, momentum, apply=None):
 
     `apply` (optional bool scalar tensor): where False, keys keep their values.
     """
-    pairs = [(_tf_variable(k), _tf_variable(q)) for k, q in zip(key_variables, query_variables)]
+    pairs = [(tf_variable(k), tf_variable(q)) for k, q in zip(key_variables, query_variables)]
 
     def update(strategy):
         def ema(key, query):
@@ -154,9 +152,9 @@ class KeyQueue(keras.layers.Layer):
         new_filled = tf.minimum(self.filled + count, self.queue_size)
         if apply is not None:  # A skipped step leaves the queue as it was.
             # Only the rows it would overwrite are read (a sparse read).
-            keys = tf.where(apply, keys, tf.gather(_tf_variable(self.keys), slots[:, 0]))
+            keys = tf.where(apply, keys, tf.gather(tf_variable(self.keys), slots[:, 0]))
             pair_ids = tf.where(apply, pair_ids,
-                                tf.gather(_tf_variable(self.pair_ids), slots[:, 0]))
+                                tf.gather(tf_variable(self.pair_ids), slots[:, 0]))
             new_pointer = tf.where(apply, new_pointer, tf.convert_to_tensor(self.pointer))
             new_filled = tf.where(apply, new_filled, tf.convert_to_tensor(self.filled))
         # The rows are written in place. Once a variable has had a sparse

@@ -8,6 +8,8 @@ instead of about twelve (BENCHMARKS.md, "What was changed because of it").
 import keras
 import tensorflow as tf
 
+from tf_mbalign.distribute import tf_variable
+
 
 @keras.saving.register_keras_serializable(package="tf_mbalign")
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -49,10 +51,6 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
 @keras.saving.register_keras_serializable(package="tf_mbalign")
 class FusedAdamW(keras.optimizers.AdamW):
     """`keras.optimizers.AdamW` whose dense updates run as one kernel.
@@ -78,7 +76,7 @@ class FusedAdamW(keras.optimizers.AdamW):
         if (self.amsgrad or isinstance(gradient, tf.IndexedSlices)
                 or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)):
             return super().update_step(gradient, variable, learning_rate)
-        variable = _tf_variable(variable)
+        variable = tf_variable(variable)
         index = self._get_variable_index(variable)
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
@@ -86,8 +84,8 @@ class FusedAdamW(keras.optimizers.AdamW):
         beta_2 = tf.cast(self.beta_2, dtype)
         return tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
-            m=_tf_variable(self._momentums[index]).handle,
-            v=_tf_variable(self._velocities[index]).handle,
+            m=tf_variable(self._momentums[index]).handle,
+            v=tf_variable(self._velocities[index]).handle,
             beta1_power=tf.pow(beta_1, step),
             beta2_power=tf.pow(beta_2, step),
             lr=tf.cast(learning_rate, dtype),

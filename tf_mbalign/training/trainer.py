@@ -64,10 +64,6 @@ class NonFiniteError(RuntimeError):
     """A step produced a NaN/Inf loss or gradient; training stopped."""
 
 
-def _write_atomic(path, text):
-    checkpointing.write_text_atomic(path, text)
-
-
 def parse_fault(value):
     """`KIND@STEP` -> (KIND, STEP); None for an empty value."""
     if not value:
@@ -330,7 +326,7 @@ class AlignmentRun:
                     continue
                 if isinstance(record, dict) and record.get("step", last_step + 1) <= last_step:
                     kept.append(json.dumps(record) + "\n")
-        _write_atomic(path, "".join(kept))
+        checkpointing.write_text_atomic(path, "".join(kept))
 
     def _retrieval_callback(self):
         """`--retrieval_data`: per-language retrieval in TensorBoard as it trains."""
@@ -369,7 +365,7 @@ class AlignmentRun:
         if self.chief:
             self._trim_metrics_file(metrics_path, start)  # Steps after the checkpoint go.
             os.makedirs(config.model_dir, exist_ok=True)
-            _write_atomic(os.path.join(config.model_dir, "flags.json"), config.to_json() + "\n")
+            checkpointing.write_text_atomic(os.path.join(config.model_dir, "flags.json"), config.to_json() + "\n")
             stats = self.corpus.stats
             self.log(
                 f"corpus: {stats.pairs} pairs, languages {self.corpus.language_counts()}, "
