@@ -289,7 +289,7 @@ def main(argv=None):
     base = common.DEFAULT_SETTINGS[args.shape]
     if args.quick:
         args.shape, base = "tiny", common.QUICK_SETTINGS
-        # Two tiny models (tracing the step takes ~11 s each), the second
+        # Two tiny models (tracing each one is most of the run), the second
         # sweep reusing the first's model at the base lengths.
         queue_sizes, lengths, memory_shapes = [256, 1024], [32], ["tiny"]
         args.rounds, args.target_seconds, args.no_torch = 3, 0.05, True
