@@ -73,13 +73,13 @@ def main():
           f"data positions in order: {report['positions_in_order']}")
     print(f"batch fingerprints equal to the uninterrupted run: {report['fingerprints_equal']}; "
           f"batches repeated: {report['batches_repeated']}, skipped: {report['batches_skipped']}")
-    print(f"max per-step loss difference: {report['max_loss_diff']:.3g}")
+    print(f"max per-step loss difference (relative): {report['max_loss_rel_diff']:.3g}")
     print(f"max final-state difference over {report['variables_compared']} checkpoint "
           f"variables: {report['max_weight_diff']:.3g}; other mismatches: "
           f"{report['mismatched_variables'] or 'none'}")
     print(f"wall time: {wall:.0f}s (reference run in parallel with the first attempt)")
     same = (killed == args.kills and report["steps_in_order"] and report["fingerprints_equal"]
-            and report["max_loss_diff"] <= 1e-6 and report["max_weight_diff"] <= 1e-6
+            and report["max_loss_rel_diff"] <= 1e-6 and report["max_weight_diff"] <= 1e-6
             and not report["mismatched_variables"])
     if args.work_dir is None and same:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -97,6 +97,16 @@ def _wait(condition, process, timeout, what):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def save_steps(resumed_from, total_steps, checkpoint_every, max_ahead=None):
+    """The saves an attempt resumed at `resumed_from` will make: every
+    `checkpoint_every` steps and at `total_steps` (never empty while the run
+    is unfinished)."""
+    last = total_steps if max_ahead is None else min(total_steps, resumed_from + max_ahead)
+    saves = [s for s in range(resumed_from + 1, last + 1)
+             if s % checkpoint_every == 0 or s == total_steps]
+    return saves or [total_steps]
+
+
 def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path, kind,
                  rng, max_ahead=None, timeout=300):
     """One attempt ended by SIGKILL; returns what happened.
@@ -108,17 +118,16 @@ def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path
     offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     env = None
     if kind == "save":
-        last = total_steps - 1 if max_ahead is None else min(total_steps - 1,
-                                                              resumed_from + max_ahead)
-        saves = [s for s in range(resumed_from + 1, last + 1) if s % checkpoint_every == 0]
-        if not saves:
-            kind = "step"
-        else:
-            target = rng.choice(saves)
-            env = {"TF_MBALIGN_TEST_PAUSE_IN_SAVE": str(target)}
-    if kind == "step":
-        last = total_steps - 1 if max_ahead is None else resumed_from + max_ahead
-        target = rng.randint(resumed_from + 1, max(resumed_from + 1, min(last, total_steps - 1)))
+        # The run's last save (at `total_steps`) is always ahead of an
+        # unfinished run, so a save kill has a target by construction, wherever
+        # the earlier kills landed.
+        target = rng.choice(save_steps(resumed_from, total_steps, checkpoint_every, max_ahead))
+        env = {"TF_MBALIGN_TEST_PAUSE_IN_SAVE": str(target)}
+    else:
+        # At most the second-to-last step: the 0-60 ms after it must not let
+        # the run finish before the kill arrives.
+        last = total_steps - 2 if max_ahead is None else resumed_from + max_ahead
+        target = rng.randint(resumed_from + 1, max(resumed_from + 1, min(last, total_steps - 2)))
     started = time.time()
     process = start_training(model_dir, train_steps, checkpoint_every, log_path, env)
     marker = os.path.join(model_dir, "checkpoints", ".paused-in-save")
@@ -165,8 +174,9 @@ def compare_runs(reference_dir, killed_dir, total_steps):
     reference, resumed = read_metrics(reference_dir), read_metrics(killed_dir)
     steps = [r["step"] for r in resumed]
     by_step = {r["step"]: r for r in reference}
-    loss_diff = max(abs(r[k] - by_step[r["step"]][k]) for r in resumed
-                    for k in ("loss", "tlm_loss", "moco_loss"))
+    # Relative to the loss (losses are ~1-10; below 1 it is absolute).
+    loss_diff = max(abs(r[k] - by_step[r["step"]][k]) / max(1.0, abs(by_step[r["step"]][k]))
+                    for r in resumed for k in ("loss", "tlm_loss", "moco_loss"))
     fingerprints = [f for r in resumed for f in r["batch_fingerprints"]]
     expected = [f for r in reference for f in r["batch_fingerprints"]]
     positions = [r["first_example"] for r in resumed]
@@ -194,7 +204,7 @@ def compare_runs(reference_dir, killed_dir, total_steps):
         "fingerprints_equal": fingerprints == expected,
         "batches_repeated": repeated,
         "batches_skipped": skipped,
-        "max_loss_diff": loss_diff,
+        "max_loss_rel_diff": loss_diff,
         "max_weight_diff": weight_diff,
         "variables_compared": len(a),
         "variable_names": sorted(a),

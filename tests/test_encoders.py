@@ -380,7 +380,8 @@ def test_set_mlm_head_weights_matches_hf_head(bundle, hf_weights):
     logits = np.asarray(head(hidden, positions))
     expected = numpy_mlm_head(hf_weights, hidden, positions)
     assert logits.shape == (2, 3, len(VOCAB))
-    assert np.max(np.abs(logits - expected)) <= TOLERANCE
+    # Logits are not normalized: relative + absolute, as assert_allclose does.
+    np.testing.assert_allclose(logits, expected, rtol=TOLERANCE, atol=TOLERANCE)
     # The check can tell exact from tanh GELU in the head.
     tanh_expected = numpy_mlm_head(hf_weights, hidden, positions, act=gelu_tanh)
     assert np.max(np.abs(tanh_expected - expected)) > 3 * TOLERANCE
@@ -395,7 +396,7 @@ def test_mlm_head_on_encoder_output(bundle, hf_weights):
     logits = np.asarray(head(sequence, positions))
     ref_sequence, _, _ = numpy_bert(hf_weights, token_ids, segment_ids, padding_mask)
     expected = numpy_mlm_head(hf_weights, ref_sequence, positions)
-    assert np.max(np.abs(logits - expected)) <= 2 * TOLERANCE
+    np.testing.assert_allclose(logits, expected, rtol=2 * TOLERANCE, atol=2 * TOLERANCE)
 
 
 def test_mlm_head_built_like_aligner_matches_hf_head(bundle, hf_weights):
@@ -417,7 +418,7 @@ def test_mlm_head_built_like_aligner_matches_hf_head(bundle, hf_weights):
     positions = np.array([[0, 1, 2, 3]], np.int32)
     logits = np.asarray(head(hidden, positions))
     expected = numpy_mlm_head(small, hidden, positions)
-    assert np.max(np.abs(logits - expected)) <= TOLERANCE
+    np.testing.assert_allclose(logits, expected, rtol=TOLERANCE, atol=TOLERANCE)
 
 
 # --- errors --------------------------------------------------------------------------------

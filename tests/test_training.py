@@ -21,8 +21,9 @@ def test_resume_gives_the_same_per_step_losses(tmp_path):
     first = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=1, **common)).run()
     second = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=4, **common)).run()
     assert [h["step"] for h in first] == [1, 2, 3] and [h["step"] for h in second] == [4, 5, 6]
+    # Losses are ~5-10: relative 1e-5 (float32 summation order) + a small absolute floor.
     np.testing.assert_allclose(np.array(_losses(straight)), np.array(_losses(first + second)),
-                               atol=1e-5, rtol=0)
+                               rtol=1e-5, atol=1e-6)
     # metrics.jsonl of the resumed run holds each step once.
     with open(tmp_path / "b" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
@@ -62,7 +63,9 @@ def test_mirrored_step_equals_single_device_step(tmp_path):
     for single, mirrored in zip(report["single"], report["mirrored"]):
         for key in ("loss", "tlm_loss", "moco_loss", "tlm_accuracy", "moco_accuracy",
                     "gradient_norm"):
-            assert abs(single[key] - mirrored[key]) <= 1e-5, (key, single, mirrored)
+            # Relative: losses and gradient norms are O(1-10); replicas sum in another order.
+            assert abs(single[key] - mirrored[key]) <= 1e-5 * max(1.0, abs(single[key])), (
+                key, single, mirrored)
     assert max(report["max_weight_diff"]) <= 1e-5
     assert max(report["max_queue_diff"]) <= 1e-5
     assert min(report["weights_changed"]) > 5e-4  # the steps really trained (Adam: ~lr)
@@ -150,6 +153,8 @@ def test_binary_trains_resumes_and_exports(tmp_path):
     result = run_module(["-c", check, str(run_dir / "export")])
     assert result.returncode == 0, result.stderr[-3000:]
     pooled_diff, sequence_diff = map(float, result.stdout.split())
+    # Hidden states are layer-normalized (O(1)) and pooled outputs tanh-bounded:
+    # an absolute 1e-5 is a relative one here.
     assert pooled_diff <= 1e-5 and sequence_diff <= 1e-5
 
 
