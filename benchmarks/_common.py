@@ -9,9 +9,9 @@
 - `step_flops`: the model-FLOP count of one alignment step (the MFU
   numerator; formula below and in BENCHMARKS.md).
 - `matmul_peak`: the machine's measured matmul peak (the MFU denominator).
-- `OurStep`: the product's alignment step (`trainer.build_aligner` +
-  `Aligner.train_step` in the trainer's `tf.function` loop), fed with
-  synthetic batches.
+- `OurStep`: the product's alignment step (`build_alignment_step`, an
+  `AlignmentStep`, in a `tf.function` loop like the trainer's `StepLoop`),
+  fed with synthetic batches.
 
 FLOPs of one step (multiply-add = 2 FLOPs; B batch, S TLM length, s sentence
 length, P masked slots per TLM row, K queue size, L layers, h width, f
@@ -223,24 +223,19 @@ def default_precisions():
 
 
 def build_random_encoder(shape, dropout=0.1, name="bert_encoder"):
-    from tf_mbalign.modeling.bert_encoder import BertEncoder
+    from tf_mbalign.modeling.bert_encoder import encoder_like
 
-    return BertEncoder(
-        vocabulary_size=shape.vocabulary_size, num_layers=shape.num_layers,
-        num_heads=shape.num_heads, hidden_dim=shape.hidden_dim,
-        intermediate_dim=shape.intermediate_dim, dropout=dropout,
-        max_sequence_length=shape.max_sequence_length, name=name,
-    )
+    return encoder_like(shape, dropout=dropout, name=name)
 
 
 class OurStep:
     """The product's alignment step on a random encoder of `shape`.
 
-    Built exactly as the trainer builds it (`trainer.build_aligner` from a
+    Built exactly as the trainer builds it (`build_alignment_step` from a
     `TrainConfig`), stepped by a `tf.function` loop of
-    `strategy.run(aligner.train_step, ...)` like `AlignmentRun`'s (which
-    runs the same step, `train_step_with_status`, plus a per-step batch
-    fingerprint and halt check of a few scalar ops), with the step
+    `strategy.run(alignment_step, ...)` like the trainer's `StepLoop` (which
+    runs the same step plus a per-step batch fingerprint and halt check of a
+    few scalar ops), with the step
     XLA-compiled when `jit_compile` (the trainer's `--jit_compile`).
     Both loop variants share one model, so one build serves graph and XLA.
     """
@@ -250,7 +245,7 @@ class OurStep:
         from tf_mbalign import distribute
         from tf_mbalign.config import TrainConfig
         from tf_mbalign.modeling.encoders import EncoderBundle
-        from tf_mbalign.training.trainer import build_aligner
+        from tf_mbalign.training.alignment_step import build_alignment_step
 
         self.shape, self.settings, self.precision = shape, settings, precision
         self.batches = batches
@@ -266,7 +261,8 @@ class OurStep:
         )
         try:
             encoder = build_random_encoder(shape, dropout)
-            self.aligner = build_aligner(config, EncoderBundle(encoder, None, "random"))
+            self.training = build_alignment_step(config, EncoderBundle(encoder, None, "random"))
+            self.aligner = self.training.aligner
         finally:
             distribute.set_precision("float32")
         data = tf.data.Dataset.from_tensor_slices(
@@ -277,11 +273,11 @@ class OurStep:
 
     def loop(self, jit_compile):
         if jit_compile not in self._loops:
-            aligner, strategy = self.aligner, self.strategy
+            training, strategy = self.training, self.strategy
 
             @tf.autograph.experimental.do_not_convert  # as the trainer's loop does
             def step_fn(batch):
-                aligner.train_step(batch)
+                training(batch)
 
             if jit_compile:
                 step_fn = tf.function(step_fn, jit_compile=True)
@@ -290,7 +286,7 @@ class OurStep:
             def loop(iterator, steps):
                 for _ in tf.range(steps):
                     strategy.run(step_fn, args=(next(iterator),))
-                return aligner.optimizer.iterations + 0
+                return training.optimizer.iterations + 0
 
             self._loops[jit_compile] = loop
         return self._loops[jit_compile]

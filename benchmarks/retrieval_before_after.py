@@ -12,7 +12,9 @@ Usage:
 import argparse
 import os
 
-import tf_mbalign  # noqa: F401  (TF environment defaults)
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 import numpy as np
 import tensorflow as tf

@@ -181,7 +181,7 @@ def _rss_child(shape_name, side, steps, quick, jit_compile):
     if side == "ours":
         model = common.OurStep(shape, settings, batches)
         aligner = model.aligner
-        variables = aligner.weights + aligner.optimizer.variables
+        variables = aligner.weights + model.training.optimizer.variables
         state_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
                           for v in variables)
         after_build = _peak_rss()

@@ -57,7 +57,7 @@ def build_callables(bundle, export_dir, seq_length, pooling="cls", layer=-1,
     preprocessor and Keras exports (tests use it to save time)."""
     from tf_mbalign.export import encoder_export, serving
     from tf_mbalign.export.preprocessor import pack_segments
-    from tf_mbalign.modeling.aligner import sentence_representation
+    from tf_mbalign.modeling.pooling import sentence_embedding
 
     if serving_only:
         paths = {"serving": os.path.join(export_dir, "serving", "tf_mbalign", "1")}
@@ -87,9 +87,8 @@ def build_callables(bundle, export_dir, seq_length, pooling="cls", layer=-1,
         outputs = bundle.encoder({"token_ids": inputs["input_word_ids"],
                                   "segment_ids": inputs["input_type_ids"],
                                   "padding_mask": inputs["input_mask"]}, training=False)
-        x = sentence_representation(outputs["encoder_outputs"], inputs["input_mask"], layer,
-                                    pooling)
-        return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1).numpy()
+        return sentence_embedding(outputs["encoder_outputs"], inputs["input_mask"], layer,
+                                  pooling).numpy()
 
     return {
         "exported": lambda s: exported_fn(sentences=tf.constant(s))["embeddings"].numpy(),

@@ -3,8 +3,8 @@ machine's matmul peak.
 
 For each model shape (random weights: speed does not depend on them):
 
-- ours: `Aligner.train_step` built by `trainer.build_aligner` and run in the
-  trainer's `tf.function` loop (graph mode), without and with XLA
+- ours: the `AlignmentStep` built by `build_alignment_step` and run in a
+  `tf.function` loop like the trainer's (graph mode), without and with XLA
   (`--jit_compile`), in float32 (and bf16 mixed precision on a GPU);
 - the reference: `torch_reference.TorchAlignmentStep`, the same step in
   PyTorch + transformers (same shape, batch, lengths, queue, AdamW, EMA,
@@ -164,7 +164,7 @@ def check_same_step(shape_name, settings, steps=3, ours=None, reference=None, lo
         batches = common.synthetic_batches(shape, settings, count=steps, min_fill=0.5)
         ours = common.OurStep(shape, settings, batches, dropout=0.0)
     batches = ours.batches
-    if int(ours.aligner.optimizer.iterations.numpy()) > 0:
+    if int(ours.training.optimizer.iterations.numpy()) > 0:
         steps = 1  # Optimizer states are not copied: only a fresh pair agrees after a step.
     if reference is None:
         reference = torch_ref.TorchAlignmentStep(shape, settings, batches, dropout=0.0)

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-import tf_mbalign  # noqa: F401  (TF environment defaults before TF loads)
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

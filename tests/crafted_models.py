@@ -19,7 +19,9 @@ import os
 import sys
 import zipfile
 
-import tf_mbalign  # noqa: F401  (TF environment defaults)
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 import keras
 from keras.src.saving import serialization_lib

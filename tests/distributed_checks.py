@@ -10,7 +10,9 @@ and the largest weight differences to OUT.json for the test to check.
 import json
 import sys
 
-import tf_mbalign  # noqa: F401
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +28,7 @@ from tf_mbalign.config import TrainConfig  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib  # noqa: E402
 from tf_mbalign.data import pipeline  # noqa: E402
 from tf_mbalign.modeling import encoders  # noqa: E402
-from tf_mbalign.training.trainer import build_aligner  # noqa: E402
+from tf_mbalign.training.alignment_step import build_alignment_step  # noqa: E402
 
 STEPS = 3
 GLOBAL_BATCH = 8
@@ -52,7 +54,8 @@ def mirrored_equivalence(out_path):
     keras.utils.set_random_seed(0)
     corpus = corpus_lib.read_corpus("demo")
     bundle = encoders.load_encoder(config.encoder, dropout=0.0)
-    single = build_aligner(config, bundle)
+    single_training = build_alignment_step(config, bundle)
+    single = single_training.aligner
     batches = list(
         pipeline.build_dataset(corpus, bundle.tokenizer, config.pipeline_config(), GLOBAL_BATCH)
         .take(STEPS)
@@ -61,16 +64,17 @@ def mirrored_equivalence(out_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         twin = encoders.load_encoder(config.encoder, dropout=0.0)
-        mirrored = build_aligner(config, twin)
+        mirrored_training = build_alignment_step(config, twin)
+    mirrored = mirrored_training.aligner
     mirrored.set_weights(single.get_weights())
 
     @tf.function
     def single_step(batch):
-        single.train_step(batch)
+        single_training(batch)
 
     @tf.function
     def mirrored_step(batch):
-        strategy.run(mirrored.train_step, args=(batch,))
+        strategy.run(mirrored_training, args=(batch,))
 
     report = {"single": [], "mirrored": [], "max_weight_diff": [], "max_queue_diff": [],
               "weights_changed": [], "replicas": strategy.num_replicas_in_sync}

@@ -3,7 +3,9 @@
 import glob
 import os
 
-import tf_mbalign  # noqa: F401  (TF environment defaults first)
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 import numpy as np
 import pytest

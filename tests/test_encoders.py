@@ -10,7 +10,9 @@ import math
 import os
 import shutil
 
-import tf_mbalign  # noqa: F401  (TF environment defaults before TF loads)
+from tf_mbalign import runtime  # noqa: E402
+
+runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib
-from tf_mbalign.data import tlm_masking, tokenizers
+from tf_mbalign.data import pair_packing, tokenizers
 from tf_mbalign.export import encoder_export
 from tf_mbalign.modeling import encoders
 from tf_mbalign.modeling.aligner import Aligner
@@ -68,7 +68,7 @@ def exported(request, tmp_path_factory):
 def _reference(bundle, aligner, sentences, seq_length=64):
     """In-memory outputs, computed with the package's own code paths."""
     tok = bundle.tokenizer
-    rows = [tlm_masking.pack_single(ids, tok.cls_id, tok.sep_id, seq_length).numpy()
+    rows = [pair_packing.pack_single(ids, tok.cls_id, tok.sep_id, seq_length).numpy()
             for ids in tok.tokenize(tf.constant(sentences))]
     ids = np.full((len(rows), seq_length), tok.pad_id, np.int32)
     mask = np.zeros_like(ids)
@@ -205,7 +205,7 @@ def test_preprocessor_matches_training_packing_token_for_token(exported, shared_
     for seq_length in (16, 48):
         packed = pre.bert_pack_inputs([a, b], seq_length=tf.constant(seq_length))
         for i in range(len(english)):
-            expected = tlm_masking.pack_pair(a[i], b[i], tok.cls_id, tok.sep_id, seq_length).numpy()
+            expected = pair_packing.pack_pair(a[i], b[i], tok.cls_id, tok.sep_id, seq_length).numpy()
             row = packed["input_word_ids"][i].numpy()
             n = int(packed["input_mask"][i].numpy().sum())
             assert row[:n].tolist() == expected.tolist()
@@ -215,7 +215,7 @@ def test_preprocessor_matches_training_packing_token_for_token(exported, shared_
             assert (types[: first_sep + 1] == 0).all() and (types[first_sep + 1 :] == 1).all()
         single = pre.bert_pack_inputs([a], seq_length=tf.constant(seq_length))
         for i in range(len(english)):
-            expected = tlm_masking.pack_single(a[i], tok.cls_id, tok.sep_id, seq_length).numpy()
+            expected = pair_packing.pack_single(a[i], tok.cls_id, tok.sep_id, seq_length).numpy()
             n = int(single["input_mask"][i].numpy().sum())
             assert single["input_word_ids"][i].numpy()[:n].tolist() == expected.tolist()
 

@@ -20,7 +20,8 @@ import pytest
 import kill_harness
 from conftest import REPO_ROOT, free_ports, tiny_train_config
 from tf_mbalign.training import checkpointing
-from tf_mbalign.training.trainer import FAULT_ENV, AlignmentRun, NonFiniteError
+from tf_mbalign.training.fault_injection import FAULT_ENV
+from tf_mbalign.training.trainer import AlignmentRun, NonFiniteError
 
 TRAIN_STEPS, WARMUP, EVERY = 12, 2, 3
 TOTAL = TRAIN_STEPS + WARMUP
@@ -146,7 +147,7 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(reference, tmp_path
     previous = TOTAL - (TOTAL % EVERY or EVERY)  # ckpt-12 before ckpt-14
     assert restored == os.path.join(checkpoints, f"ckpt-{previous}")
     assert int(run.step.numpy()) == previous
-    assert int(run.examples_consumed.numpy()) == previous * kill_harness.GLOBAL_BATCH
+    assert int(run.state.examples_consumed.numpy()) == previous * kill_harness.GLOBAL_BATCH
     assert len(warnings) == 1
     assert f"ckpt-{TOTAL}" in warnings[0] and f"ckpt-{previous}" in warnings[0]
     assert ("truncated" in warnings[0]) == (damage is _truncate)
@@ -313,7 +314,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     run = AlignmentRun(_config(model_dir, train_steps=1000, checkpoint_every=50),
                        log=lambda m: None)
     assert run.restore().endswith(f"ckpt-{preempted_at}")
-    assert int(run.examples_consumed.numpy()) == preempted_at * kill_harness.GLOBAL_BATCH
+    assert int(run.state.examples_consumed.numpy()) == preempted_at * kill_harness.GLOBAL_BATCH
 
 
 def _start_workers(model_dir, train_steps):

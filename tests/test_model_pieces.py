@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mbalign.modeling.aligner import sentence_representation
+from tf_mbalign.modeling.pooling import sentence_representation
 from tf_mbalign.training import optimization
 
 

@@ -91,7 +91,7 @@ def test_queue_key_encoder_and_pointer_restored_bit_for_bit(tmp_path):
     # The key encoder is an EMA, so after training it differs from the encoder.
     assert any(not np.array_equal(x, y) for x, y in
                zip(a.key_encoder.get_weights(), a.encoder.get_weights()))
-    assert int(second.examples_consumed.numpy()) == 24
+    assert int(second.state.examples_consumed.numpy()) == 24
 
 
 def test_a_pairs_own_older_key_is_not_its_negative():

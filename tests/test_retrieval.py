@@ -76,6 +76,7 @@ def test_embedder_batching_does_not_change_vectors(pooling):
 
 
 def test_alignment_training_logs_retrieval_per_language(tmp_path):
+    from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback
     from tf_mbalign.training.trainer import AlignmentRun
 
     data = tmp_path / "tatoeba"
@@ -84,7 +85,8 @@ def test_alignment_training_logs_retrieval_per_language(tmp_path):
     _write_bitext(data, "fr", ["Bonjour", "Merci"], ["Hello", "Thanks"])
     config = tiny_train_config(tmp_path / "run", train_steps=4, retrieval_data=str(data),
                                retrieval_every=2)
-    AlignmentRun(config, log=lambda *_: None).run()
+    AlignmentRun(config, log=lambda *_: None,
+                 callbacks=[RetrievalCallback.for_alignment_run(config)]).run()
     lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
     evaluated = [x for x in lines if "retrieval/xx_to_en/de" in x]
     assert [x["step"] for x in evaluated] == [2, 4]
@@ -102,11 +104,12 @@ def test_alignment_training_logs_retrieval_per_language(tmp_path):
 
 
 def test_missing_retrieval_data_fails_before_training(tmp_path):
-    from tf_mbalign.training.trainer import AlignmentRun
+    from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback
 
     config = tiny_train_config(tmp_path / "run", retrieval_data=str(tmp_path / "nowhere"))
+    # The binary builds its callbacks before the run: the data is read there.
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        AlignmentRun(config)
+        RetrievalCallback.for_alignment_run(config)
 
 
 def test_real_tatoeba_layout(shared_data):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tf_mbalign.data import corpus as corpus_lib
-from tf_mbalign.data import pipeline, tlm_masking, tokenizers, vocabulary
+from tf_mbalign.data import pair_packing, pipeline, tlm_masking, tokenizers, vocabulary
 
 
 def _tokenizer(texts, tmp_path):
@@ -22,12 +22,12 @@ def _tokenizer(texts, tmp_path):
      (5, 5, 50, (5, 5)), (30, 19, 50, (30, 19)), (3, 200, 50, (3, 47))],
 )
 def test_pair_truncation_trims_the_longer_side(first, second, budget, expected):
-    got = tlm_masking.truncate_pair_lengths(first, second, budget)
+    got = pair_packing.truncate_pair_lengths(first, second, budget)
     assert (int(got[0]), int(got[1])) == expected
 
 
 def test_pack_pair_layout():
-    ids = tlm_masking.pack_pair(tf.constant([5, 6, 7]), tf.constant([8, 9]), 1, 2, 16)
+    ids = pair_packing.pack_pair(tf.constant([5, 6, 7]), tf.constant([8, 9]), 1, 2, 16)
     assert ids.numpy().tolist() == [1, 5, 6, 7, 2, 8, 9, 2]
 
 

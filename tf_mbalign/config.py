@@ -6,12 +6,14 @@ directly with keyword arguments.
 """
 
 import dataclasses
+import inspect
 import json
 
 from absl import flags
 
 from tf_mbalign import distribute
 from tf_mbalign.data.pipeline import PipelineConfig
+from tf_mbalign.modeling.aligner import Aligner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +99,19 @@ class TrainConfig:
         return self.head_warmup_steps + self.train_steps
 
     def pipeline_config(self):
-        return PipelineConfig(
-            max_seq_length=self.max_seq_length,
-            max_sentence_length=self.max_sentence_length,
-            max_predictions_per_seq=self.max_predictions_per_seq,
-            mask_selection_rate=self.mask_selection_rate,
-            shuffle_inputs=self.shuffle_inputs,
-            language_sampling_alpha=self.language_sampling_alpha,
-            seed=self.seed,
-        )
+        """The input pipeline's settings: every `PipelineConfig` field this
+        config has (the others keep their defaults)."""
+        return PipelineConfig(**self._values_named(f.name for f in dataclasses.fields(PipelineConfig)))
+
+    def aligner_arguments(self):
+        """`Aligner` constructor settings (arguments with defaults) that are
+        fields of this config."""
+        parameters = inspect.signature(Aligner.__init__).parameters.values()
+        return self._values_named(p.name for p in parameters if p.default is not p.empty)
+
+    def _values_named(self, names):
+        own = {f.name for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in names if name in own}
 
     @classmethod
     def from_flags(cls):

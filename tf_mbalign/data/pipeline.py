@@ -13,9 +13,10 @@ integer (`examples_consumed`, kept in the checkpoint): resuming rebuilds the
 pipeline from it and replays exactly the batches an uninterrupted run sees,
 without reading the skipped examples.
 
-Random input shuffling (Pan et al. 2021, Sec. 2.3): per pair one coin decides
-both which sentence comes first in the TLM input and which one is the MoCo
-query (the other is the key). `query_is_english` records the coin.
+One example's path: tokenize both sides -> `shuffle_pair_order` (random input
+shuffling, `input_shuffling.py`) -> `pack_pair` (`pair_packing.py`) ->
+`tlm_masking` (`tlm_masking.py`) for the TLM input, `pack_single` for the MoCo
+query (the side that came first) and key. `query_is_english` records the coin.
 """
 
 import dataclasses
@@ -24,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mbalign.data import corpus as corpus_lib
-from tf_mbalign.data import tlm_masking
+from tf_mbalign.data import pair_packing, tlm_masking
+from tf_mbalign.data.input_shuffling import shuffle_pair_order
 
 _SEED_SALT_PAIR, _SEED_SALT_MASK = 1, 2
 
@@ -55,20 +57,13 @@ def make_example(english, other, position, tokenizer, config, pair_id=-1):
     own older key out of its negatives once the data repeats.
     """
     ids = tokenizer.tokenize(tf.stack([english, other]))
-    english_ids, other_ids = ids[0], ids[1]
-    if config.shuffle_inputs:
-        coin = tf.random.stateless_uniform(
-            [], _example_seed(config.seed, position, _SEED_SALT_PAIR)
-        )
-        english_first = coin < 0.5
-    else:
-        english_first = tf.constant(True)
-    first = tf.cond(english_first, lambda: english_ids, lambda: other_ids)
-    second = tf.cond(english_first, lambda: other_ids, lambda: english_ids)
+    first, second, english_first = shuffle_pair_order(
+        ids[0], ids[1], _example_seed(config.seed, position, _SEED_SALT_PAIR),
+        enabled=config.shuffle_inputs)
 
     tlm = tlm_masking.tlm_masking(
-        tlm_masking.pack_pair(first, second, tokenizer.cls_id, tokenizer.sep_id,
-                              config.max_seq_length),
+        pair_packing.pack_pair(first, second, tokenizer.cls_id, tokenizer.sep_id,
+                               config.max_seq_length),
         seed=_example_seed(config.seed, position, _SEED_SALT_MASK),
         special_ids=tokenizer.special_ids,
         mask_id=tokenizer.mask_id,
@@ -78,16 +73,13 @@ def make_example(english, other, position, tokenizer, config, pair_id=-1):
         mask_token_rate=config.mask_token_rate,
         random_token_rate=config.random_token_rate,
     )
-    query = tlm_masking.pack_single(first, tokenizer.cls_id, tokenizer.sep_id,
-                                    config.max_sentence_length)
-    key = tlm_masking.pack_single(second, tokenizer.cls_id, tokenizer.sep_id,
-                                  config.max_sentence_length)
+    query = pair_packing.pack_single(first, tokenizer.cls_id, tokenizer.sep_id,
+                                     config.max_sentence_length)
+    key = pair_packing.pack_single(second, tokenizer.cls_id, tokenizer.sep_id,
+                                   config.max_sentence_length)
 
     def padded(ids, length):
-        size = tf.size(ids)
-        token_ids = tf.pad(ids, [[0, length - size]], constant_values=tokenizer.pad_id)
-        mask = tf.pad(tf.ones([size], tf.int32), [[0, length - size]])
-        return tf.ensure_shape(token_ids, [length]), tf.ensure_shape(mask, [length])
+        return pair_packing.pad_to_length(ids, length, tokenizer.pad_id)
 
     tlm_ids, tlm_mask = padded(tlm["token_ids"], config.max_seq_length)
     query_ids, query_mask = padded(query, config.max_sentence_length)

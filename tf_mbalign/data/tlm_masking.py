@@ -3,7 +3,8 @@
 TLM is ordinary BERT masking applied to a sentence pair packed as
 `[CLS] a [SEP] b [SEP]`: no language embeddings, positions counted straight
 through both sentences, segment ids all 0. The model side is the ordinary MLM
-head; nothing here knows about models.
+head; nothing here knows about models. Packing the pair (and its fair
+truncation) is `pair_packing.py`, shared with the exports and fine-tuning.
 
 All randomness is stateless and keyed by a per-example seed, so an example's
 masks depend only on (run seed, example position), not on batching, replica
@@ -11,41 +12,6 @@ count or restarts.
 """
 
 import tensorflow as tf
-
-
-def truncate_pair_lengths(first_length, second_length, budget):
-    """Lengths that fit a pair into `budget` tokens, trimming the longer side.
-
-    Equals BERT's one-token-at-a-time trimming of the longer sentence: the
-    shorter side keeps min(its length, budget // 2) tokens, the longer side
-    gets the rest.
-    """
-    first_length = tf.cast(first_length, tf.int32)
-    second_length = tf.cast(second_length, tf.int32)
-    shorter = tf.minimum(first_length, second_length)
-    keep_short = tf.minimum(shorter, budget // 2)
-    keep_long = budget - keep_short
-    fits = first_length + second_length <= budget
-    first_is_shorter = first_length <= second_length
-    first_keep = tf.where(
-        fits, first_length, tf.where(first_is_shorter, keep_short, budget - keep_short)
-    )
-    second_keep = tf.where(fits, second_length, budget - first_keep)
-    return first_keep, second_keep
-
-
-def pack_pair(first, second, cls_id, sep_id, max_length):
-    """`[CLS] first [SEP] second [SEP]`, fairly truncated to `max_length`."""
-    budget = max_length - 3
-    first_keep, second_keep = truncate_pair_lengths(tf.size(first), tf.size(second), budget)
-    return tf.concat(
-        [[cls_id], first[:first_keep], [sep_id], second[:second_keep], [sep_id]], axis=0
-    )
-
-
-def pack_single(ids, cls_id, sep_id, max_length):
-    """`[CLS] ids [SEP]`, truncated to `max_length`."""
-    return tf.concat([[cls_id], ids[: max_length - 2], [sep_id]], axis=0)
 
 
 def tlm_masking(

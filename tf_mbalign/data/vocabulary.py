@@ -2,6 +2,8 @@
 
 import os
 
+from tf_mbalign.atomic_files import write_text_atomic
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -15,11 +17,7 @@ def character_wordpiece_vocab(texts):
 
 
 def write_vocab(tokens, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(tokens) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(tokens) + "\n")
     return path
 
 

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from tf_mbalign.training.checkpointing import write_text_atomic
+from tf_mbalign.atomic_files import write_text_atomic
 
 
 def summarize(per_seed):

@@ -1,24 +1,29 @@
-"""Tatoeba-style retrieval as a Keras callback: alignment, per language, as it trains."""
+"""Tatoeba-style retrieval as a callback: alignment, per language, as it trains."""
+
+import os
 
 import keras
 import tensorflow as tf
 
 from tf_mbalign.evaluation.retrieval import evaluate_retrieval, read_bitext_dir
 from tf_mbalign.evaluation.sentence_embedding import SentenceEmbedder
+from tf_mbalign.training.callbacks import TrainingCallback
 
 
-class RetrievalCallback(keras.callbacks.Callback):
+class RetrievalCallback(keras.callbacks.Callback, TrainingCallback):
     """Evaluates retrieval every `every_n_steps` and logs it to TensorBoard.
 
-    Works with `model.fit` (steps = batches) and with tf_mbalign's alignment
-    loop (`--retrieval_data`), which calls `on_train_batch_end(step, logs)`
-    with the global step. Scalars: `retrieval/xx_to_en/<lang>`,
+    Works with `model.fit` (steps = batches) and as a `TrainingCallback` of
+    tf_mbalign's alignment run (`--retrieval_data`; `for_alignment_run`): it
+    evaluates before the first step of a fresh run and at every multiple of
+    `every_n_steps`, on the chief only. Scalars: `retrieval/xx_to_en/<lang>`,
     `retrieval/en_to_xx/<lang>` and the averages; they are also added to
     `logs`, so they reach metrics.jsonl.
 
     Args:
         data_dir: a directory of `XX-en.XX` / `XX-en.en` files.
-        tokenizer: the model's tokenizer.
+        tokenizer: the model's tokenizer (None: the alignment run's, set
+            when the run starts).
         log_dir: TensorBoard directory (None: only `logs`).
         every_n_steps: evaluation period in steps.
         max_pairs: pairs per language (the first ones), for speed.
@@ -48,10 +53,45 @@ class RetrievalCallback(keras.callbacks.Callback):
         self.max_length = max_length
         self.encoder = encoder
         self.data = read_bitext_dir(data_dir, languages, max_pairs)  # Fail early.
-        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        # Created at the first evaluation: creating it here would start the
+        # TensorFlow runtime before a multi-worker strategy is configured.
+        self.writer = None
         self.history = []
         self._embedder = None
         self._batches_seen = 0
+        self.active = True
+
+    @classmethod
+    def for_alignment_run(cls, config):
+        """The in-training retrieval of a `TrainConfig` (`--retrieval_data`,
+        `--retrieval_every`, `--retrieval_pairs`); reads the data now, so a
+        wrong path fails before training starts."""
+        return cls(
+            config.retrieval_data, None, log_dir=os.path.join(config.model_dir, "tensorboard"),
+            every_n_steps=config.retrieval_every or config.checkpoint_every,
+            max_pairs=config.retrieval_pairs, pooling=config.pooling,
+            layer=config.representation_layer, max_length=config.max_sentence_length,
+        )
+
+    # === TrainingCallback ===
+
+    @property
+    def loop_boundary_every(self):
+        return self.every_n_steps
+
+    def on_run_start(self, run, start_step):
+        self.active = run.chief
+        if not self.active:
+            return
+        self.tokenizer = self.tokenizer or run.bundle.tokenizer
+        self.set_model(run.aligner)
+        self._embedder = None
+        if start_step == 0:
+            self.evaluate(0)  # Where alignment starts from.
+
+    def on_loop_end(self, step, logs):
+        if self.active:
+            self.on_train_batch_end(step, logs)
 
     def evaluate(self, step):
         if self._embedder is None:
@@ -66,6 +106,8 @@ class RetrievalCallback(keras.callbacks.Callback):
             scalars[f"retrieval/en_to_xx/{language}"] = row["en_to_xx"]
         for key, value in results["average"].items():
             scalars[f"retrieval/{key}/average"] = value
+        if self.writer is None and self.log_dir:
+            self.writer = tf.summary.create_file_writer(self.log_dir)
         if self.writer is not None:
             with self.writer.as_default(step=step):
                 for name, value in scalars.items():

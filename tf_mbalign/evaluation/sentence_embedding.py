@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
-from tf_mbalign.modeling.aligner import sentence_representation
+from tf_mbalign.modeling.pooling import sentence_embedding
 
 _TOKENIZE_CHUNK = 1024
 
@@ -64,10 +64,8 @@ class SentenceEmbedder:
              "segment_ids": tf.zeros_like(token_ids)},
             training=False,
         )
-        vectors = sentence_representation(
-            outputs["encoder_outputs"], padding_mask, self.layer, self.pooling
-        )
-        return tf.math.l2_normalize(tf.cast(vectors, tf.float32), axis=-1)
+        return sentence_embedding(outputs["encoder_outputs"], padding_mask, self.layer,
+                                  self.pooling)
 
     def __call__(self, sentences):
         """float32 [len(sentences), hidden], rows in the input order."""

@@ -24,6 +24,7 @@ import os
 
 from tf_mbalign.data import tokenizers
 from tf_mbalign.modeling import encoders
+from tf_mbalign.modeling.bert_encoder import clone_encoder
 
 
 @dataclasses.dataclass
@@ -71,12 +72,12 @@ def load_trained_encoder(spec, dropout=None):
         )
     if os.path.isfile(os.path.join(spec, "flags.json")):
         from tf_mbalign.config import TrainConfig
-        from tf_mbalign.training.trainer import restore_for_export
+        from tf_mbalign.training.run_state import restore_trained_aligner
 
         config = TrainConfig.from_json_file(os.path.join(spec, "flags.json"), model_dir=spec)
         if dropout is not None:
             config = dataclasses.replace(config, dropout=dropout)
-        bundle, aligner, checkpoint = restore_for_export(config)
+        bundle, aligner, checkpoint = restore_trained_aligner(config)
         return TrainedEncoder(
             aligner.encoder, bundle.tokenizer, source=checkpoint, kind="run",
             pooling=config.pooling, representation_layer=config.representation_layer,
@@ -87,13 +88,7 @@ def load_trained_encoder(spec, dropout=None):
 
 
 def _with_dropout(encoder, dropout):
-    """A copy of `encoder` whose dropout rate is `dropout` (same weights)."""
-    from tf_mbalign.modeling.bert_encoder import BertEncoder
-
-    config = encoder.get_config()
-    if config.get("dropout") == dropout:
+    """`encoder`, or a copy whose dropout rate is `dropout` (same weights)."""
+    if encoder.get_config().get("dropout") == dropout:
         return encoder
-    config["dropout"] = dropout
-    clone = BertEncoder.from_config(config)
-    clone.set_weights(encoder.get_weights())
-    return clone
+    return clone_encoder(encoder, dropout=dropout)

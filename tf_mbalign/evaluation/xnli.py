@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from tf_mbalign.data.code_switching import code_switch
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
-from tf_mbalign.data.tlm_masking import truncate_pair_lengths
+from tf_mbalign.data.pair_packing import truncate_pair_lengths
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier

@@ -26,8 +26,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from tf_mbalign.config import TrainConfig
-    from tf_mbalign.export import encoder_export
-    from tf_mbalign.training.trainer import restore_for_export
+    from tf_mbalign.export.run_export import export_aligned_encoder
+    from tf_mbalign.training.run_state import restore_trained_aligner
 
     flags_path = os.path.join(_MODEL_DIR.value, "flags.json")
     if not os.path.isfile(flags_path):
@@ -36,16 +36,12 @@ def main(argv):
         return 2
     config = TrainConfig.from_json_file(flags_path, model_dir=_MODEL_DIR.value)
     try:
-        bundle, aligner, checkpoint = restore_for_export(config)
+        bundle, aligner, checkpoint = restore_trained_aligner(config)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    paths = encoder_export.export_encoder(
-        aligner.encoder, bundle.tokenizer, _EXPORT_DIR.value, mlm_head=aligner.mlm_head,
-        pooling=config.pooling, representation_layer=config.representation_layer,
-        seq_length=config.max_seq_length, serving_name=_SERVING_NAME.value,
-        source=checkpoint,
-    )
+    paths = export_aligned_encoder(config, bundle.tokenizer, aligner, _EXPORT_DIR.value,
+                                   source=checkpoint, serving_name=_SERVING_NAME.value)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

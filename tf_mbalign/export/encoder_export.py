@@ -18,37 +18,16 @@ Serving expects.
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 
 import keras
 import tensorflow as tf
 
+from tf_mbalign.atomic_files import replace_directory_atomic, write_json_atomic
 from tf_mbalign.data import tokenizers
 from tf_mbalign.export.hub_encoder import HubEncoder
 from tf_mbalign.export.preprocessor import Preprocessor
 from tf_mbalign.export.serving import SentenceEmbeddingServer
-
-
-def _atomic_dir(target, write):
-    """Calls write(staging_dir), then renames staging onto `target`."""
-    parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}-partial-", dir=parent)
-    try:
-        write(staging)
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}-old-", dir=parent)
-            os.rmdir(old)
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
 
 
 def _save(obj, path):
@@ -81,20 +60,17 @@ def export_encoder(encoder, tokenizer, export_dir, mlm_head=None, pooling="cls",
         "preprocessor": os.path.join(export_dir, "preprocessor"),
         "keras": os.path.join(export_dir, "keras"),
     }
-    _atomic_dir(paths["encoder"], lambda p: _save(HubEncoder(encoder, mlm_head), p))
-    _atomic_dir(paths["preprocessor"], lambda p: _save(Preprocessor(tokenizer, seq_length), p))
-    _atomic_dir(paths["keras"], lambda p: _keras_assets(encoder, tokenizer, p, seq_length))
+    replace_directory_atomic(paths["encoder"], lambda p: _save(HubEncoder(encoder, mlm_head), p))
+    replace_directory_atomic(paths["preprocessor"], lambda p: _save(Preprocessor(tokenizer, seq_length), p))
+    replace_directory_atomic(paths["keras"], lambda p: _keras_assets(encoder, tokenizer, p, seq_length))
     serving_root = os.path.join(export_dir, "serving", serving_name)
     version = next_serving_version(serving_root)
     paths["serving"] = os.path.join(serving_root, str(version))
     server = SentenceEmbeddingServer(encoder, tokenizer, pooling, representation_layer, seq_length)
-    _atomic_dir(paths["serving"], lambda p: _save(server, p))
+    replace_directory_atomic(paths["serving"], lambda p: _save(server, p))
     info = dict(paths, source=source, pooling=pooling, representation_layer=representation_layer,
                 seq_length=seq_length, serving_version=version)
-    tmp = os.path.join(export_dir, f".export_info.json.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, os.path.join(export_dir, "export_info.json"))
+    write_json_atomic(os.path.join(export_dir, "export_info.json"), info, indent=2)
     return paths
 
 

@@ -13,7 +13,7 @@ The reloaded object offers
     preprocessor.bert_pack_inputs([tokens_a, tokens_b], seq_length=128)
 
 Packing is the training pipeline's: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`
-with the same fair truncation (`tlm_masking.truncate_pair_lengths`), so ids
+with the same fair truncation (`pair_packing.truncate_pair_lengths`), so ids
 match training token for token; `input_type_ids` are 0 for the first segment
 and 1 for the second, as TF-Hub encoders expect. The tokenizer's model
 (WordPiece vocabulary or SentencePiece proto) is a constant of the graph: no
@@ -22,7 +22,7 @@ file is read at serving time.
 
 import tensorflow as tf
 
-from tf_mbalign.data import tlm_masking
+from tf_mbalign.data import pair_packing
 
 DEFAULT_SEQ_LENGTH = 128
 
@@ -45,7 +45,7 @@ def pack_segments(segments, seq_length, cls_id, sep_id, pad_id):
         pieces = [cls, first, sep]
         types = [tf.zeros_like(cls), tf.zeros_like(first), tf.zeros_like(sep)]
     else:
-        first_keep, second_keep = tlm_masking.truncate_pair_lengths(
+        first_keep, second_keep = pair_packing.truncate_pair_lengths(
             segments[0].row_lengths(), segments[1].row_lengths(), seq_length - 3
         )
         first, second = _trim(segments[0], first_keep), _trim(segments[1], second_keep)

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tf_mbalign.export import hub_encoder
 from tf_mbalign.export.preprocessor import pack_segments
-from tf_mbalign.modeling.aligner import sentence_representation
+from tf_mbalign.modeling.pooling import sentence_embedding
 from tf_mbalign.modeling.bert_encoder import dropout_rng_states
 
 
@@ -36,9 +36,8 @@ class SentenceEmbeddingServer(tf.__internal__.tracking.AutoTrackable):
     def _embed(self, inputs):
         inputs = hub_encoder.check_inputs(inputs, self.max_sequence_length)
         outputs = self._encoder(hub_encoder.encoder_inputs(inputs), training=False)
-        x = sentence_representation(outputs["encoder_outputs"], inputs["input_mask"],
-                                    self.layer, self.pooling)
-        return {"embeddings": tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)}
+        return {"embeddings": sentence_embedding(outputs["encoder_outputs"], inputs["input_mask"],
+                                                 self.layer, self.pooling)}
 
     def signatures(self):
         t = self._tokenizer

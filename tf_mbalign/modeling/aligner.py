@@ -1,29 +1,23 @@
-"""The alignment model: TLM + MoCo in one custom `train_step`.
+"""The alignment model: TLM + MoCo losses of one multilingual encoder.
 
     loss = tlm_loss + contrastive_weight * moco_loss
 
-- TLM: the ordinary MLM head (tied to the token embeddings) on the packed,
-  masked pair; mean cross-entropy over the masked tokens of the global batch.
-- MoCo: query = sentence representation of the trained encoder on one side of
-  the pair; key = that of the momentum (EMA) encoder on the other side;
-  InfoNCE over [positive key, queue of past keys]. Keys of all replicas are
-  gathered before they are enqueued, so the queue is global.
+- TLM (word level): the ordinary MLM head (tied to the token embeddings) on
+  the packed, masked pair; mean cross-entropy over the masked tokens of the
+  global batch.
+- MoCo (sentence level): query = sentence representation of the trained
+  encoder on one side of the pair; key = that of the momentum (EMA) encoder
+  on the other side; InfoNCE over [positive key, queue of past keys]. Keys of
+  all replicas are gathered before they are enqueued, so the queue is global.
 
 Both losses are divided by global counts (masked tokens over all replicas,
-examples over all replicas) and the replicas' gradients are summed, so one
-step under N replicas equals one step on one device with the same global
-batch. Gradients are summed and clipped by their *global* norm here (Keras'
-own clipping would clip each replica's part separately), then handed to the
-optimizer divided by the replica count, because the Keras optimizer sums
-gradients over replicas once more.
+examples over all replicas), so the replicas' gradients sum to the gradient of
+the single-device loss of the same global batch.
 
-Non-finite steps: `train_step_with_status` reports whether the global loss
-and the gradient norm are finite. A step whose update was not applied (with
-mixed float16 the LossScaleOptimizer skips non-finite gradients) leaves the
-whole model as it was: the key-encoder EMA and the queue write are
-where-selected on the same flag. The EMA runs after the gradient update with
-the updated encoder (MoCo runs it at the start of the next step with the
-same weights; the two orders give the same key encoder at every step).
+The model holds the layers, the losses and MoCo's mechanics (momentum update,
+enqueue); the optimization step that uses them (gradients, all-reduce,
+clipping, the head-only warm-up, skipped steps) is
+`tf_mbalign.training.alignment_step.AlignmentStep`.
 """
 
 import keras
@@ -31,39 +25,8 @@ import keras_hub
 import tensorflow as tf
 
 from tf_mbalign.modeling import momentum_contrast as moco
-from tf_mbalign.modeling.bert_encoder import BertEncoder
-
-
-def sentence_representation(encoder_outputs, padding_mask, layer=-1, pooling="cls"):
-    """[CLS] or mean-pooled hidden states of one encoder layer."""
-    hidden = encoder_outputs[layer]
-    if pooling == "cls":
-        return hidden[:, 0, :]
-    if pooling == "mean":
-        mask = tf.cast(padding_mask, hidden.dtype)[:, :, None]
-        return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(
-            tf.reduce_sum(mask, axis=1), tf.cast(1.0, hidden.dtype)
-        )
-    raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-
-
-def clone_encoder(encoder, name):
-    """A same-shaped encoder holding a copy of `encoder`'s weights."""
-    config = encoder.get_config()
-    config["name"] = name
-    clone = BertEncoder.from_config(config)
-    clone.set_weights(encoder.get_weights())
-    return clone
-
-
-@tf.custom_gradient
-def _scale_gradient(value, multiplier):
-    """Identity whose gradient is multiplied by `multiplier` (fault injection)."""
-
-    def gradient(upstream):
-        return upstream * tf.cast(multiplier, upstream.dtype), tf.zeros_like(multiplier)
-
-    return tf.identity(value), gradient
+from tf_mbalign.modeling.bert_encoder import clone_encoder
+from tf_mbalign.modeling.pooling import l2_normalized, sentence_representation
 
 
 @keras.saving.register_keras_serializable(package="tf_mbalign")
@@ -83,14 +46,23 @@ class Aligner(keras.Model):
             contrastive loss; 0 for none.
         mlm_head: optional `keras_hub.layers.MaskedLMHead` (e.g. loaded with a
             checkpoint); a new one tied to the token embeddings otherwise.
-        max_gradient_norm: float. Clip the global gradient norm; 0 disables.
 
     Example:
     ```python
-    aligner = Aligner(encoder, queue_size=1024)
-    aligner.compile(optimizer=keras.optimizers.AdamW(1e-5))
-    aligner.fit(dataset, steps_per_epoch=100)   # one device, or use
-    # tf_mbalign.training.loop for MultiWorkerMirroredStrategy.
+    import tensorflow as tf
+    from tf_mbalign.data import corpus, pipeline
+    from tf_mbalign.modeling import encoders
+    from tf_mbalign.modeling.aligner import Aligner
+
+    bundle = encoders.load_encoder("tiny:demo")
+    aligner = Aligner(bundle.encoder, queue_size=64)
+    batch = next(iter(pipeline.build_dataset(corpus.read_corpus("demo"), bundle.tokenizer,
+                                             pipeline.PipelineConfig(), global_batch_size=8)))
+    keys = aligner.embed(batch["key_token_ids"], batch["key_padding_mask"],
+                         momentum_branch=True)
+    losses, partial_sums = aligner.compute_losses(batch, keys)
+    float(losses["loss"])  # tlm_loss + moco_loss
+    # Training steps: tf_mbalign.training.alignment_step.AlignmentStep.
     ```
     """
 
@@ -105,7 +77,6 @@ class Aligner(keras.Model):
         pooling="cls",
         projection_dim=0,
         mlm_head=None,
-        max_gradient_norm=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -138,11 +109,6 @@ class Aligner(keras.Model):
         self.representation_layer = representation_layer
         self.pooling = pooling
         self.projection_dim = projection_dim
-        self.max_gradient_norm = max_gradient_norm
-        # Head-only warm-up: set False to train only the MLM head, with
-        # `head_optimizer` (set by the trainer).
-        self.train_encoder = True
-        self.head_optimizer = None
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -191,7 +157,7 @@ class Aligner(keras.Model):
         )
         if projection is not None:
             x = projection(x)
-        return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1)
+        return l2_normalized(x)
 
     def tlm_logits(self, batch, training=False):
         outputs = self.encoder(
@@ -208,34 +174,21 @@ class Aligner(keras.Model):
     def call(self, inputs, training=False):
         return self.embed(inputs["token_ids"], inputs["padding_mask"], training=training)
 
-    # === MoCo steps ===
-
-    def momentum_variables(self):
-        pairs = list(zip(self.key_encoder.weights, self.encoder.weights))
-        if self.projection is not None:
-            pairs += list(zip(self.key_projection.weights, self.projection.weights))
-        return pairs
-
-    def update_key_encoder(self, apply=None):
-        """EMA of the key encoder toward the encoder; `apply` (bool tensor)
-        keeps the old values where False."""
-        keys, queries = zip(*self.momentum_variables())
-        moco.momentum_update(keys, queries, self.momentum, apply=apply)
-
-    # === Training ===
-
-    def _trained_variables(self):
-        if self.train_encoder:
-            return self.trainable_variables
-        return self.head_only_variables()
-
-    def head_only_variables(self):
-        """The MLM head's own variables (its tied token embedding excluded)."""
-        tied = {id(v) for v in self.encoder.trainable_variables}
-        return [v for v in self.mlm_head.trainable_variables if id(v) not in tied]
+    # === Losses ===
 
     def compute_losses(self, batch, keys, training=True):
-        """Per-replica loss terms, each divided by its global count."""
+        """The loss terms of one replica's batch, each divided by its global count.
+
+        Args:
+            batch: a per-replica batch of the input pipeline.
+            keys: the key branch's embeddings of `batch` (positives).
+            training: dropout on or off.
+
+        Returns:
+            (losses, partial_sums): `losses` holds `loss`, `tlm_loss` and
+            `moco_loss` (this replica's share of the global value);
+            `partial_sums` the metrics' per-replica sums (`record_metrics`).
+        """
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
 
@@ -264,113 +217,82 @@ class Aligner(keras.Model):
         moco_loss = tf.reduce_sum(moco_losses) / (local_examples * replicas)
         moco_correct = tf.cast(tf.equal(tf.argmax(moco_logits, -1, output_type=tf.int32), 0),
                                tf.float32)
-        return {
+        losses = {
             "loss": tlm_loss + self.contrastive_weight * moco_loss,
             "tlm_loss": tlm_loss,
             "moco_loss": moco_loss,
+        }
+        partial_sums = {
             "local_tokens": local_tokens,
-            "local_examples": local_examples,
             "tlm_correct": tf.reduce_sum(correct * weights),
+            "token_losses_sum": tf.reduce_sum(token_losses * weights),
             "moco_losses": moco_losses,
             "moco_correct": moco_correct,
-            "token_losses_sum": tf.reduce_sum(token_losses * weights),
         }
+        return losses, partial_sums
 
-    def _apply_gradients(self, optimizer, loss, tape, variables):
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        grads = tape.gradient(loss, variables)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, variables)]
-        if replicas > 1:
-            grads = context.all_reduce("sum", grads)
-        scale = (tf.cast(optimizer.dynamic_scale, tf.float32)
-                 if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None)
-        if scale is not None:
-            grads = [g / scale for g in grads]
-        norm = tf.linalg.global_norm(grads)
-        # Back to the optimizer's convention (scaled, summed over replicas) and
-        # clipped, in one multiplication: each pass over the gradients is a
-        # pass over every parameter.
-        factor = (scale if scale is not None else 1.0) / replicas
-        if self.max_gradient_norm:
-            clip = tf.constant(self.max_gradient_norm, tf.float32)
-            # tf.clip_by_global_norm's factor; NaN when the norm is not finite.
-            factor = factor * (clip / tf.maximum(norm, clip) + (norm - norm))
-        if not (isinstance(factor, float) and factor == 1.0):
-            grads = [g * tf.cast(factor, g.dtype) for g in grads]
-        optimizer.apply_gradients(list(zip(grads, variables)))
-        return norm
+    def record_metrics(self, loss, partial_sums, gradient_norm):
+        """Adds one step to the metrics (replica context).
 
-    def train_step(self, data):
-        self.train_step_with_status(data)
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step_with_status(self, batch, loss_multiplier=None, gradient_multiplier=None):
-        """One training step (replica context); returns what the loop checks.
-
-        Args:
-            batch: a per-replica batch of the input pipeline.
-            loss_multiplier, gradient_multiplier: optional float32 scalars
-                that multiply the loss / the gradients; a fault-injection
-                test hook (NaN, inf), None in normal training.
-
-        Returns:
-            A dict of tensors, identical on every replica: `loss` (global),
-            `loss_finite`, `gradients_finite`, `applied` (the update and
-            the EMA / queue writes happened) and `pair_ids` (int32, the
-            global batch's pair ids in replica order; -1 without pair ids).
+        Mean metrics sum over replicas on read, so each replica adds its share
+        with a weight that makes the total the global value.
         """
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
-        optimizer = self.optimizer if self.train_encoder else self.head_optimizer
-        keys = tf.stop_gradient(
-            self.embed(batch["key_token_ids"], batch["key_padding_mask"],
-                       training=False, momentum_branch=True)
-        )
-        variables = self._trained_variables()
-        with tf.GradientTape() as tape:
-            losses = self.compute_losses(batch, keys, training=True)
-            loss = losses["loss"]
-            if loss_multiplier is not None:
-                loss = loss * tf.cast(loss_multiplier, loss.dtype)
-            scaled_loss = optimizer.scale_loss(loss)
-            if gradient_multiplier is not None:
-                # Same value, gradient times the multiplier all the way back
-                # through the (possibly float16) layers.
-                scaled_loss = _scale_gradient(scaled_loss, gradient_multiplier)
-        norm = self._apply_gradients(optimizer, scaled_loss, tape, variables)
-        global_loss = context.all_reduce("sum", loss) if replicas > 1 else loss
-        loss_finite = tf.math.is_finite(global_loss)
-        gradients_finite = tf.math.is_finite(norm)
-        applied = loss_finite & gradients_finite
-        self.update_key_encoder(apply=applied)
-        pair_ids = batch.get("pair_id")
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        tokens = partial_sums["local_tokens"]
+        self.loss_tracker.update_state(loss * replicas)
+        self.tlm_loss_tracker.update_state(
+            tf.math.divide_no_nan(partial_sums["token_losses_sum"], tokens), sample_weight=tokens)
+        self.tlm_accuracy.update_state(
+            tf.math.divide_no_nan(partial_sums["tlm_correct"], tokens), sample_weight=tokens)
+        self.moco_loss_tracker.update_state(partial_sums["moco_losses"])
+        self.moco_accuracy.update_state(partial_sums["moco_correct"])
+        self.gradient_norm.update_state(gradient_norm)
+
+    # === MoCo mechanics ===
+
+    def momentum_variables(self):
+        pairs = list(zip(self.key_encoder.weights, self.encoder.weights))
+        if self.projection is not None:
+            pairs += list(zip(self.key_projection.weights, self.projection.weights))
+        return pairs
+
+    def update_key_encoder(self, apply=None):
+        """EMA of the key encoder toward the encoder; `apply` (bool tensor)
+        keeps the old values where False."""
+        keys, queries = zip(*self.momentum_variables())
+        moco.momentum_update(keys, queries, self.momentum, apply=apply)
+
+    def enqueue_keys(self, keys, pair_ids=None, apply=None):
+        """Gathers every replica's keys (and pair ids) and enqueues them;
+        returns the global batch's pair ids (int32; -1 without ids)."""
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         # int32: MultiWorkerMirroredStrategy could not all-gather int64 here
         # ("destinations can not be empty").
         global_pair_ids = (moco.all_gather_keys(tf.cast(pair_ids, tf.int32))
                            if pair_ids is not None else
                            tf.fill([tf.shape(keys)[0] * replicas], tf.constant(-1, tf.int32)))
         self.key_queue.enqueue(moco.all_gather_keys(keys),
-                               None if pair_ids is None else global_pair_ids, apply=applied)
+                               None if pair_ids is None else global_pair_ids, apply=apply)
+        return global_pair_ids
 
-        # Metrics: Mean metrics sum over replicas on read, so each replica
-        # adds its share with a weight that makes the total the global value.
-        self.loss_tracker.update_state(loss * replicas)
-        self.tlm_loss_tracker.update_state(
-            tf.math.divide_no_nan(losses["token_losses_sum"], losses["local_tokens"]),
-            sample_weight=losses["local_tokens"],
+    # === Variables trained ===
+
+    def head_only_variables(self):
+        """The MLM head's own variables (its tied token embedding excluded)."""
+        tied = {id(v) for v in self.encoder.trainable_variables}
+        return [v for v in self.mlm_head.trainable_variables if id(v) not in tied]
+
+    def trained_variables(self, train_encoder):
+        """Everything trainable, or only the MLM head's own variables (the
+        head-only warm-up of a checkpoint without an MLM head)."""
+        return self.trainable_variables if train_encoder else self.head_only_variables()
+
+    def train_step(self, data):
+        raise NotImplementedError(
+            "Aligner has no Keras train_step: train it with "
+            "tf_mbalign.training.alignment_step.AlignmentStep (one step, any strategy) or "
+            "tf_mbalign.training.trainer.AlignmentRun (a whole run)."
         )
-        self.tlm_accuracy.update_state(
-            tf.math.divide_no_nan(losses["tlm_correct"], losses["local_tokens"]),
-            sample_weight=losses["local_tokens"],
-        )
-        self.moco_loss_tracker.update_state(losses["moco_losses"])
-        self.moco_accuracy.update_state(losses["moco_correct"])
-        self.gradient_norm.update_state(norm)
-        return {"loss": global_loss, "loss_finite": loss_finite,
-                "gradients_finite": gradients_finite, "applied": applied,
-                "pair_ids": global_pair_ids}
 
     def get_config(self):
         return {
@@ -382,7 +304,6 @@ class Aligner(keras.Model):
             "representation_layer": self.representation_layer,
             "pooling": self.pooling,
             "projection_dim": self.projection_dim,
-            "max_gradient_norm": self.max_gradient_norm,
             "name": self.name,
         }
 

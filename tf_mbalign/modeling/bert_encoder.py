@@ -201,3 +201,31 @@ class BertEncoder(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+ARCHITECTURE = ("vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
+                "max_sequence_length", "num_segments", "hidden_activation", "layer_norm_epsilon")
+
+
+def encoder_like(source, **arguments):
+    """A new, randomly initialized `BertEncoder` with `source`'s architecture.
+
+    Args:
+        source: anything with the attributes in `ARCHITECTURE` (a keras-hub
+            `BertBackbone`, a converted checkpoint, a benchmark shape, a
+            `BertEncoder`); missing ones take the constructor's defaults.
+        **arguments: constructor arguments that win over `source`'s (e.g.
+            `dropout`, `dtype`, `name`, or an activation the source lacks).
+    """
+    values = {name: getattr(source, name) for name in ARCHITECTURE if hasattr(source, name)}
+    values.update(arguments)
+    return BertEncoder(**values)
+
+
+def clone_encoder(encoder, **overrides):
+    """A same-shaped `BertEncoder` holding a copy of `encoder`'s weights;
+    `overrides` change config values (e.g. `name`, `dropout`)."""
+    config = dict(encoder.get_config(), **overrides)
+    clone = BertEncoder.from_config(config)
+    clone.set_weights(encoder.get_weights())
+    return clone

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from tf_mbalign.data import tokenizers
-from tf_mbalign.modeling.bert_encoder import BertEncoder
+from tf_mbalign.modeling.bert_encoder import BertEncoder, encoder_like
 
 
 @dataclasses.dataclass
@@ -69,20 +69,9 @@ _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate",
 
 
 def _encoder_like(backbone, dropout, dtype, activation, name, layer_norm_epsilon=1e-12):
-    encoder = BertEncoder(
-        vocabulary_size=backbone.vocabulary_size,
-        num_layers=backbone.num_layers,
-        num_heads=backbone.num_heads,
-        hidden_dim=backbone.hidden_dim,
-        intermediate_dim=backbone.intermediate_dim,
-        dropout=dropout,
-        max_sequence_length=backbone.max_sequence_length,
-        num_segments=backbone.num_segments,
-        hidden_activation=activation,
-        layer_norm_epsilon=layer_norm_epsilon,
-        dtype=dtype,
-        name=name,
-    )
+    """Our `BertEncoder` holding a keras-hub `BertBackbone`'s weights."""
+    encoder = encoder_like(backbone, dropout=dropout, hidden_activation=activation,
+                           layer_norm_epsilon=layer_norm_epsilon, dtype=dtype, name=name)
     encoder.set_weights(backbone.get_weights())
     return encoder
 

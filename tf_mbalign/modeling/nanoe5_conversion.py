@@ -197,24 +197,12 @@ def _matrix(checkpoint, name, rows, cols):
 
 def build_encoder(checkpoint, dropout=0.1, dtype=None):
     """A `BertEncoder` holding the checkpoint's (dequantized) weights."""
-    from tf_mbalign.modeling.bert_encoder import BertEncoder
+    from tf_mbalign.modeling.bert_encoder import encoder_like
 
     h, f = checkpoint.hidden_dim, checkpoint.intermediate_dim
     heads, head_dim = checkpoint.num_heads, checkpoint.hidden_dim // checkpoint.num_heads
-    encoder = BertEncoder(
-        vocabulary_size=checkpoint.vocabulary_size,
-        num_layers=checkpoint.num_layers,
-        num_heads=heads,
-        hidden_dim=h,
-        intermediate_dim=f,
-        dropout=dropout,
-        max_sequence_length=checkpoint.max_sequence_length,
-        num_segments=checkpoint.num_segments,
-        hidden_activation="gelu",
-        layer_norm_epsilon=checkpoint.layer_norm_epsilon,
-        dtype=dtype,
-        name="e5_small_encoder",
-    )
+    encoder = encoder_like(checkpoint, dropout=dropout, hidden_activation="gelu", dtype=dtype,
+                           name="e5_small_encoder")
     t = checkpoint.tensors
     encoder.token_embedding.embeddings.assign(t["emb.word"].reshape(-1, h))
     encoder.position_embedding.position_embeddings.assign(t["emb.pos"].reshape(-1, h))

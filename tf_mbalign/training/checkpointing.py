@@ -42,6 +42,8 @@ import zlib
 
 import tensorflow as tf
 
+from tf_mbalign.atomic_files import fsync_directory, fsync_file, write_text_atomic
+
 MANIFEST_SUFFIX = ".manifest.json"
 STATE_FILE = "checkpoint"
 PAUSE_ENV = "TF_MBALIGN_TEST_PAUSE_IN_SAVE"
@@ -58,24 +60,6 @@ def checkpoint_prefix(directory, step):
     return os.path.join(directory, f"ckpt-{step}")
 
 
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def file_digest(path):
     """CRC-32 (hex) of a file, read in 1 MiB chunks.
 
@@ -89,16 +73,6 @@ def file_digest(path):
         for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
             crc = zlib.crc32(chunk, crc)
     return f"{crc:08x}"
-
-
-def write_text_atomic(path, text):
-    """Writes `text` to `path` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def committed_steps(directory):
@@ -191,7 +165,7 @@ class CheckpointWriter:
         staged_prefix = self.checkpoint.write(checkpoint_prefix(staging, step))
         files = {}
         for path in _checkpoint_files(staged_prefix):
-            _fsync_file(path)
+            fsync_file(path)
             files[os.path.basename(path)] = {"bytes": os.path.getsize(path),
                                              "crc32": file_digest(path)}
         manifest = dict(metadata or {}, step=step, format=1, files=files)
@@ -210,9 +184,9 @@ class CheckpointWriter:
             json.dump(manifest, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         os.replace(staged_manifest, manifest_path)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         shutil.rmtree(staging, ignore_errors=True)
         self._delete_old_and_write_state()
         return final_prefix

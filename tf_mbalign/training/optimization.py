@@ -100,8 +100,8 @@ def create_optimizer(learning_rate, total_steps, warmup_steps=0, weight_decay=0.
                      precision="float32", name="adamw"):
     """AdamW (no decay on biases and layer norms); loss scaling for float16.
 
-    Gradient clipping is done by the model on the all-reduced gradients (see
-    `Aligner`), so the optimizer is built without `clipnorm`.
+    Gradient clipping is done on the all-reduced gradients
+    (`reduce_and_clip_gradients`), so the optimizer is built without `clipnorm`.
     """
     optimizer = FusedAdamW(
         learning_rate=WarmupLinearDecay(learning_rate, warmup_steps, total_steps),
@@ -115,6 +115,58 @@ def create_optimizer(learning_rate, total_steps, warmup_steps=0, weight_decay=0.
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_loss_scale")
     return optimizer
+
+
+def reduce_and_clip_gradients(gradients, variables, optimizer, max_gradient_norm):
+    """One replica's gradients -> what `optimizer.apply_gradients` expects.
+
+    The gradient policy of alignment training, in one place (replica
+    context):
+
+    1. missing gradients become zeros;
+    2. summed over all replicas (the losses are divided by global counts, so
+       the sum is the single-device gradient of the global batch);
+    3. unscaled by the loss scale (mixed float16);
+    4. clipped by their *global* norm (Keras' own `clipnorm` would clip each
+       replica's part before its all-reduce, which differs from one device);
+    5. handed back in the optimizer's convention: scaled again and divided
+       by the replica count, because the Keras optimizer unscales and sums
+       over replicas once more.
+
+    Steps 3-5 are one multiplication per gradient (each pass over the
+    gradients is a pass over every parameter).
+
+    Args:
+        gradients: list from `tape.gradient` (None where unconnected).
+        variables: the matching variables.
+        optimizer: the Keras optimizer about to apply them (a
+            `LossScaleOptimizer` with mixed float16).
+        max_gradient_norm: clip threshold; 0 disables clipping.
+
+    Returns:
+        (gradients, global_norm): the gradients to apply and the global norm
+        of the unscaled, all-reduced gradients (NaN/Inf if not finite; then
+        every gradient is NaN and the loss-scale optimizer skips the step).
+    """
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    gradients = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(gradients, variables)]
+    if replicas > 1:
+        gradients = context.all_reduce("sum", gradients)
+    scale = (tf.cast(optimizer.dynamic_scale, tf.float32)
+             if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None)
+    if scale is not None:
+        gradients = [g / scale for g in gradients]
+    norm = tf.linalg.global_norm(gradients)
+    factor = (scale if scale is not None else 1.0) / replicas
+    if max_gradient_norm:
+        clip = tf.constant(max_gradient_norm, tf.float32)
+        # tf.clip_by_global_norm's factor; NaN when the norm is not finite.
+        factor = factor * (clip / tf.maximum(norm, clip) + (norm - norm))
+    if not (isinstance(factor, float) and factor == 1.0):
+        gradients = [g * tf.cast(factor, g.dtype) for g in gradients]
+    return gradients, norm
 
 
 def last_learning_rate(optimizer):

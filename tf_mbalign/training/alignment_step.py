@@ -1,0 +1,129 @@
+"""One alignment training step: the Aligner's losses, optimized.
+
+The step of the paper's method, per replica:
+
+1. keys: the momentum encoder embeds the key side (no gradient);
+2. `Aligner.compute_losses`: TLM + MoCo on this replica's batch;
+3. `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
+   clip; the optimizer applies them (the encoder's AdamW, or during the
+   head-only warm-up the MLM head's own);
+4. `Aligner.update_key_encoder`: EMA of the key encoder toward the updated
+   encoder, and `Aligner.enqueue_keys`: this step's keys join the queue.
+
+A step whose loss or gradient norm is not finite is reported, and one whose
+update was not applied (with mixed float16 the loss-scale optimizer skips
+non-finite gradients) changes nothing but the loss scale: the EMA and the
+queue write are where-selected on the same flag. The EMA runs after the
+gradient update (MoCo runs it at the start of the next step with the same
+weights; the two orders give the same key encoder at every step).
+
+Example:
+```python
+step = build_alignment_step(config, bundle)       # inside strategy.scope()
+status = strategy.run(step, args=(batch, True, global_step))   # in a tf.function
+```
+"""
+
+import tensorflow as tf
+
+from tf_mbalign.modeling import encoders
+from tf_mbalign.modeling.aligner import Aligner
+from tf_mbalign.training import optimization
+
+
+class AlignmentStep:
+    """Trains an `Aligner`, one batch per call (replica context).
+
+    Args:
+        aligner: the `Aligner`.
+        optimizer: the encoder's optimizer (trains everything).
+        head_optimizer: the head-only warm-up's optimizer (MLM head only).
+        max_gradient_norm: clip the global gradient norm; 0 disables.
+        loss_transform: optional `fn(loss, global_step) -> loss` applied
+            before the gradients are taken (the trainer's fault-injection
+            test hook); None in normal training.
+    """
+
+    def __init__(self, aligner, optimizer, head_optimizer, max_gradient_norm=1.0,
+                 loss_transform=None):
+        self.aligner = aligner
+        self.optimizer = optimizer
+        self.head_optimizer = head_optimizer
+        self.max_gradient_norm = max_gradient_norm
+        self.loss_transform = loss_transform
+
+    def optimizer_for(self, train_encoder):
+        return self.optimizer if train_encoder else self.head_optimizer
+
+    def __call__(self, batch, train_encoder=True, global_step=None):
+        """One step; returns what the loop checks.
+
+        Args:
+            batch: a per-replica batch of the input pipeline.
+            train_encoder: Python bool. False: the head-only warm-up (only the
+                MLM head's own variables train, with `head_optimizer`).
+            global_step: the 1-based step (a scalar tensor), for
+                `loss_transform`.
+
+        Returns:
+            A dict of tensors, identical on every replica: `loss` (global),
+            `loss_finite`, `gradients_finite`, `applied` (the update and the
+            EMA / queue writes happened) and `pair_ids` (int32, the global
+            batch's pair ids in replica order; -1 without pair ids).
+        """
+        aligner = self.aligner
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        optimizer = self.optimizer_for(train_encoder)
+        keys = tf.stop_gradient(
+            aligner.embed(batch["key_token_ids"], batch["key_padding_mask"],
+                          training=False, momentum_branch=True)
+        )
+        variables = aligner.trained_variables(train_encoder)
+        with tf.GradientTape() as tape:
+            losses, partial_sums = aligner.compute_losses(batch, keys, training=True)
+            loss = losses["loss"]
+            if self.loss_transform is not None:
+                loss = self.loss_transform(loss, global_step)
+            scaled_loss = optimizer.scale_loss(loss)
+        gradients, norm = optimization.reduce_and_clip_gradients(
+            tape.gradient(scaled_loss, variables), variables, optimizer, self.max_gradient_norm)
+        optimizer.apply_gradients(list(zip(gradients, variables)))
+
+        global_loss = context.all_reduce("sum", loss) if replicas > 1 else loss
+        loss_finite = tf.math.is_finite(global_loss)
+        gradients_finite = tf.math.is_finite(norm)
+        applied = loss_finite & gradients_finite
+        aligner.update_key_encoder(apply=applied)
+        pair_ids = aligner.enqueue_keys(keys, batch.get("pair_id"), apply=applied)
+        aligner.record_metrics(loss, partial_sums, norm)
+        return {"loss": global_loss, "loss_finite": loss_finite,
+                "gradients_finite": gradients_finite, "applied": applied,
+                "pair_ids": pair_ids}
+
+
+def build_aligner(config, bundle):
+    """The `Aligner` of a `TrainConfig` around `bundle.encoder` (and the
+    checkpoint's MLM head weights, when it has them)."""
+    aligner = Aligner(bundle.encoder, name="aligner", **config.aligner_arguments())
+    if bundle.mlm_head_weights is not None:
+        encoders.set_mlm_head_weights(aligner.mlm_head, bundle.mlm_head_weights)
+    return aligner
+
+
+def build_alignment_step(config, bundle, loss_transform=None):
+    """The Aligner, its two optimizers and the step (call inside
+    `strategy.scope()`)."""
+    aligner = build_aligner(config, bundle)
+    optimizer = optimization.create_optimizer(
+        config.learning_rate, config.train_steps, config.warmup_steps,
+        config.weight_decay, config.precision, name="adamw",
+    )
+    head_optimizer = optimization.create_optimizer(
+        config.head_learning_rate, max(config.head_warmup_steps, 1), 0, 0.0,
+        config.precision, name="head_adamw",
+    )
+    optimizer.build(aligner.trainable_variables)
+    head_optimizer.build(aligner.head_only_variables())
+    return AlignmentStep(aligner, optimizer, head_optimizer, config.max_gradient_norm,
+                         loss_transform)
