@@ -26,7 +26,6 @@ of a question is the answer.
 
 import dataclasses
 import json
-import os
 import re
 import time
 
@@ -35,13 +34,19 @@ import tensorflow as tf
 
 from tf_mbalign.data.code_switching import code_switch
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.evaluation import mlqa_metrics, reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.span_extractor import SpanExtractor
 from tf_mbalign.training.finetuning import FineTuner, loss_summary, span_loss, start_seed
 
 SETTINGS = ("zero_shot", "code_switch")
-_FILE = re.compile(r"^(dev|train|test)-context-([A-Za-z_-]+)-question-([A-Za-z_-]+)\.json$")
+_FILES = FileLayout(
+    re.compile(r"^(?P<split>dev|train|test)-context-(?P<context>[A-Za-z_-]+)"
+               r"-question-(?P<question>[A-Za-z_-]+)\.json$"),
+    "dev-context-C-question-Q.json (or train-… and test-…)",
+    expected=lambda pair: f"dev-context-{pair[0]}-question-{pair[1]}.json",
+    example="../shared/data/mlqa", what="context-question pair")
 _CHUNK = 256
 
 
@@ -87,22 +92,7 @@ def is_train_question(qid):
 
 def read_mlqa_dir(data_dir, pairs=None):
     """{"train"|"test": {(context_lang, question_lang): [QaExample]}}."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: no such directory (expected "
-                                "dev-context-C-question-Q.json files, e.g. ../shared/data/mlqa).")
-    files = {}
-    for name in sorted(os.listdir(data_dir)):
-        match = _FILE.match(name)
-        if match:
-            files.setdefault((match.group(2), match.group(3)), {})[match.group(1)] = \
-                os.path.join(data_dir, name)
-    if pairs:
-        missing = [p for p in pairs if p not in files]
-        if missing:
-            raise FileNotFoundError(
-                f"{data_dir}: no file for context-question pair(s) "
-                f"{', '.join('-'.join(p) for p in missing)}.")
-        files = {p: files[p] for p in pairs}
+    files = find_language_files(data_dir, _FILES, pairs)
     if ("en", "en") not in files:
         raise FileNotFoundError(f"{data_dir}: no dev-context-en-question-en.json: English "
                                 "training questions are needed.")

@@ -21,7 +21,6 @@ Test rows are never trained on; every language is evaluated on its test rows.
 """
 
 import dataclasses
-import os
 import re
 import time
 
@@ -30,6 +29,7 @@ import tensorflow as tf
 
 from tf_mbalign.data.code_switching import code_switch
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.data.tlm_masking import truncate_pair_lengths
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
@@ -39,7 +39,11 @@ from tf_mbalign.training.finetuning import (FineTuner, classification_loss, loss
 
 LABELS = ("entailment", "neutral", "contradiction")
 SETTINGS = ("zero_shot", "translate_train", "code_switch")
-_FILE = re.compile(r"^(dev|train|test)-([A-Za-z_-]+)\.tsv$")
+_FILES = FileLayout(re.compile(r"^(?P<split>dev|train|test)-(?P<language>[A-Za-z_-]+)\.tsv$"),
+                    "dev-XX.tsv (or train-XX.tsv and test-XX.tsv)",
+                    expected=lambda language: (f"dev-{language}.tsv (or train-{language}.tsv "
+                                               f"and test-{language}.tsv)"),
+                    example="../shared/data/xnli")
 
 
 @dataclasses.dataclass
@@ -75,20 +79,7 @@ def _read_tsv(path):
 
 def read_xnli_dir(data_dir, languages=None):
     """`NliData` from a directory (module docstring); checks the row alignment."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: no such directory (expected dev-XX.tsv files, "
-                                "e.g. ../shared/data/xnli).")
-    files = {}
-    for name in os.listdir(data_dir):
-        match = _FILE.match(name)
-        if match:
-            files.setdefault(match.group(2), {})[match.group(1)] = os.path.join(data_dir, name)
-    if languages:
-        missing = sorted(set(languages) - set(files))
-        if missing:
-            raise FileNotFoundError(f"{data_dir}: no data for {', '.join(missing)} "
-                                    f"(found: {', '.join(sorted(files)) or 'none'}).")
-        files = {lang: files[lang] for lang in languages}
+    files = find_language_files(data_dir, _FILES, languages)
     if "en" not in files:
         raise FileNotFoundError(f"{data_dir}: no English file (dev-en.tsv or train-en.tsv): "
                                 "English training data is needed for every setting.")
