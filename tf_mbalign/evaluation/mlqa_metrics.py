@@ -206,36 +206,58 @@ def evaluate(dataset, predictions, language, question_ids=None):
     """
     _check_language(language)
     wanted = None if question_ids is None else set(question_ids)
-    seen = set()
-    exact_match = f1 = 0.0
-    count = missing = 0
-    for article in dataset:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                qid = qa["id"]
-                if wanted is not None and qid not in wanted:
-                    continue
-                seen.add(qid)
-                count += 1
-                if qid not in predictions:
-                    missing += 1
-                    continue
-                truths = [answer["text"] for answer in qa["answers"]]
-                if not truths:
-                    raise ValueError(f"question {qid!r} has no gold answers")
-                prediction = predictions[qid]
-                exact_match += metric_max_over_ground_truths(
-                    exact_match_score, prediction, truths, language)
-                f1 += metric_max_over_ground_truths(f1_score, prediction, truths, language)
-    if wanted is not None and wanted - seen:
-        unknown = sorted(wanted - seen)
+    gold_answers = [
+        (qa["id"], [answer["text"] for answer in qa.get("answers", [])])
+        for article in dataset for paragraph in article["paragraphs"] for qa in paragraph["qas"]
+        if wanted is None or qa["id"] in wanted
+    ]
+    unknown = sorted((wanted or set()) - {qid for qid, _ in gold_answers})
+    if unknown:
         raise ValueError(
             f"{len(unknown)} question_ids not in the dataset, e.g. {unknown[:5]}")
-    if count == 0:
+    scores = score_predictions(gold_answers, predictions, language)
+    return {**scores, "exact_match": 100.0 * scores["exact_match"], "f1": 100.0 * scores["f1"]}
+
+
+def score_predictions(gold_answers, predictions, language):
+    """MLQA exact match and F1 (fractions) of predicted answers: the one
+    scoring loop of `evaluate` and of the MLQA fine-tuning task.
+
+    Each question scores its best metric over its gold answers; a question
+    without a prediction scores 0 on both and is counted in ``missing``.
+
+    Args:
+      gold_answers: ``(question_id, [gold answer texts])`` pairs.
+      predictions: ``{question_id: predicted answer text}``.
+      language: the context language (see ``evaluate``).
+
+    Returns:
+      ``{"exact_match": fraction, "f1": fraction, "count": n, "missing": m}``,
+      averages over all ``n`` questions.
+
+    Raises:
+      ValueError: unknown language, no question, or a question with a
+        prediction but without gold answers.
+
+    Example:
+      >>> score_predictions([("q1", ["the cat"]), ("q2", ["a dog"])], {"q1": "Cat"}, "en")
+      {'exact_match': 0.5, 'f1': 0.5, 'count': 2, 'missing': 1}
+    """
+    _check_language(language)
+    gold_answers = list(gold_answers)
+    exact_match = f1 = 0.0
+    missing = 0
+    for qid, truths in gold_answers:
+        if qid not in predictions:
+            missing += 1
+            continue
+        if not truths:
+            raise ValueError(f"question {qid!r} has no gold answers")
+        exact_match += metric_max_over_ground_truths(
+            exact_match_score, predictions[qid], truths, language)
+        f1 += metric_max_over_ground_truths(f1_score, predictions[qid], truths, language)
+    if not gold_answers:
         raise ValueError("no questions to evaluate")
-    return {
-        "exact_match": 100.0 * exact_match / count,
-        "f1": 100.0 * f1 / count,
-        "count": count,
-        "missing": missing,
-    }
+    count = len(gold_answers)
+    return {"exact_match": exact_match / count, "f1": f1 / count, "count": count,
+            "missing": missing}
