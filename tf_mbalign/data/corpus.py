@@ -154,11 +154,6 @@ def _read_lines(path):
         yield number, text
 
 
-def count_lines(path):
-    """The number of lines of a file under the rules above (no decoding)."""
-    return sum(1 for _ in _raw_lines(path))
-
-
 class _Builder:
     """Collects pairs, applying the skip / truncate rules."""
 

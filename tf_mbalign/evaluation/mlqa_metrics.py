@@ -169,59 +169,9 @@ def metric_max_over_ground_truths(metric_fn, prediction, ground_truths, language
     return max(metric_fn(prediction, truth, language) for truth in ground_truths)
 
 
-def evaluate(dataset, predictions, language, question_ids=None):
-    """MLQA exact match and F1 (in %) over a SQuAD-v1.1-format dataset.
-
-    Every question of ``dataset`` (or only those in ``question_ids``) is
-    scored against all its gold answers, keeping the best. A question without
-    a prediction scores 0 on both metrics (as in the official script, which
-    warns) and is counted in ``missing``; predictions for questions that are
-    not evaluated are ignored.
-
-    Args:
-      dataset: the ``data`` list of the SQuAD v1.1 JSON: articles with
-        ``paragraphs``, each with ``qas`` of ``id`` and ``answers`` (``text``,
-        ``answer_start``).
-      predictions: ``{question_id: predicted answer text}``.
-      language: the CONTEXT language of the file (answers are context spans),
-        e.g. ``"de"`` for MLQA's ``test-context-de-question-en.json``.
-      question_ids: optional iterable of ids; only these questions are
-        evaluated (e.g. a held-out split). Every id must be in ``dataset``.
-
-    Returns:
-      ``{"exact_match": %, "f1": %, "count": n, "missing": m}`` where ``n`` is
-      the number of evaluated questions, the averages are over all ``n``, and
-      ``m`` of them had no prediction.
-
-    Raises:
-      ValueError: unknown language, an id of ``question_ids`` not in
-        ``dataset``, no question to evaluate, or a question without answers.
-
-    Example:
-      >>> data = [{"paragraphs": [{"qas": [
-      ...     {"id": "q1", "answers": [{"text": "the cat", "answer_start": 0}]},
-      ...     {"id": "q2", "answers": [{"text": "a dog", "answer_start": 8}]}]}]}]
-      >>> evaluate(data, {"q1": "Cat"}, "en")
-      {'exact_match': 50.0, 'f1': 50.0, 'count': 2, 'missing': 1}
-    """
-    _check_language(language)
-    wanted = None if question_ids is None else set(question_ids)
-    gold_answers = [
-        (qa["id"], [answer["text"] for answer in qa.get("answers", [])])
-        for article in dataset for paragraph in article["paragraphs"] for qa in paragraph["qas"]
-        if wanted is None or qa["id"] in wanted
-    ]
-    unknown = sorted((wanted or set()) - {qid for qid, _ in gold_answers})
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} question_ids not in the dataset, e.g. {unknown[:5]}")
-    scores = score_predictions(gold_answers, predictions, language)
-    return {**scores, "exact_match": 100.0 * scores["exact_match"], "f1": 100.0 * scores["f1"]}
-
-
 def score_predictions(gold_answers, predictions, language):
     """MLQA exact match and F1 (fractions) of predicted answers: the one
-    scoring loop of `evaluate` and of the MLQA fine-tuning task.
+    scoring loop (the MLQA task's `mlqa.score` uses it).
 
     Each question scores its best metric over its gold answers; a question
     without a prediction scores 0 on both and is counted in ``missing``.
@@ -229,7 +179,8 @@ def score_predictions(gold_answers, predictions, language):
     Args:
       gold_answers: ``(question_id, [gold answer texts])`` pairs.
       predictions: ``{question_id: predicted answer text}``.
-      language: the context language (see ``evaluate``).
+      language: the CONTEXT language of the questions (answers are context
+        spans), e.g. ``"de"`` for MLQA's ``test-context-de-question-en.json``.
 
     Returns:
       ``{"exact_match": fraction, "f1": fraction, "count": n, "missing": m}``,
