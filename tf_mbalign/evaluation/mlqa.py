@@ -304,15 +304,9 @@ def run_mlqa(trained, data, config, finetune, log=print, progress=True):
         return SeedRun(losses, scores, {**sizes, "steps": len(losses)})
 
     runs = run_per_seed(config.seeds, trained.encoder, trained.tokenizer, run_seed)
-    metrics, average = reports.summarize(runs.scores)
-    return {
-        "task": "mlqa", "setting": config.setting, "encoder": trained.source,
-        "metrics": metrics, "average": average,
-        "training_loss": runs.training_loss, **runs.sizes,
-        "test_questions": {f"{c}-{q}": len(e) for (c, q), e in test.items()},
-        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
-        "wall_seconds": round(time.time() - started, 1),
-    }
+    test_questions = {f"{c}-{q}": len(e) for (c, q), e in test.items()}
+    return reports.fine_tuning_report("mlqa", trained, runs, config, finetune,
+                                      {"test_questions": test_questions}, started)
 
 
 def _fine_tune(encoder, tokenizer, data, config, finetune, rng, progress):

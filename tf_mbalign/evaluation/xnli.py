@@ -237,15 +237,9 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
         return SeedRun(losses, scores, {"train_examples": train_examples, "steps": len(losses)})
 
     runs = run_per_seed(config.seeds, trained.encoder, trained.tokenizer, run_seed)
-    metrics, average = reports.summarize(runs.scores)
-    return {
-        "task": "xnli", "setting": config.setting, "encoder": trained.source,
-        "metrics": metrics, "average": average,
-        "training_loss": runs.training_loss, **runs.sizes,
-        "test_examples": {lang: len(test_rows[lang][1]) for lang in eval_languages},
-        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
-        "wall_seconds": round(time.time() - started, 1),
-    }
+    test_examples = {lang: len(test_rows[lang][1]) for lang in eval_languages}
+    return reports.fine_tuning_report("xnli", trained, runs, config, finetune,
+                                      {"test_examples": test_examples}, started)
 
 
 def _test_set(tokenizer, rows, config):
