@@ -49,6 +49,7 @@ if sys.path[:1] != [REPO_ROOT]:
     sys.path.insert(0, REPO_ROOT)
 
 from tf_mbalign import runtime  # noqa: E402
+from tf_mbalign.data.data_root import default_data_root  # noqa: E402
 
 tf = runtime.import_tensorflow_quietly()
 # On a GPU the PyTorch reference shares the device: TensorFlow must not take
@@ -61,11 +62,9 @@ import numpy as np  # noqa: E402
 
 
 def default_data_dir():
-    """`$TF_MBALIGN_SHARED_DATA/parallel`, else `../shared/data/parallel`."""
-    shared = os.environ.get(
-        "TF_MBALIGN_SHARED_DATA", os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
-    )
-    return os.path.join(shared, "parallel")
+    """`$TF_MBALIGN_SHARED_DATA/parallel`, else `../shared/data/parallel` beside
+    the checkout."""
+    return os.path.join(default_data_root(REPO_ROOT), "parallel")
 
 
 # === Model shapes and step settings ===

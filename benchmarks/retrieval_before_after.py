@@ -19,6 +19,7 @@ runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 import numpy as np
 import tensorflow as tf
 
+from tf_mbalign.data.data_root import default_data_root
 from tf_mbalign.export import encoder_export
 from tf_mbalign.modeling import encoders
 
@@ -48,8 +49,7 @@ def embed(model, tokenizer, sentences, pooling, max_length=64, batch=64):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("export_dir")
-    default_data = os.environ.get("TF_MBALIGN_SHARED_DATA", os.path.join("..", "shared", "data"))
-    parser.add_argument("--data", default=os.path.join(default_data, "tatoeba"))
+    parser.add_argument("--data", default=os.path.join(default_data_root(), "tatoeba"))
     parser.add_argument("--pairs", type=int, default=200)
     args = parser.parse_args()
     bundle = encoders.load_embedded_e5(dropout=0.0)

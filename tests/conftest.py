@@ -10,20 +10,15 @@ import pytest
 from tf_mbalign import runtime  # noqa: E402
 
 runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
+from tf_mbalign.data.data_root import default_data_root  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def shared_data_dir():
-    """`$TF_MBALIGN_SHARED_DATA`, else `../shared/data` beside the checkout."""
-    return os.environ.get(
-        "TF_MBALIGN_SHARED_DATA", os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
-    )
-
-
 @pytest.fixture
 def shared_data():
-    path = shared_data_dir()
+    """`$TF_MBALIGN_SHARED_DATA`, else `../shared/data` beside the checkout."""
+    path = default_data_root(REPO_ROOT)
     if not os.path.isdir(os.path.join(path, "parallel")):
         pytest.skip(
             f"real data not found at {path}: set TF_MBALIGN_SHARED_DATA to the "

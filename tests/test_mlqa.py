@@ -127,6 +127,8 @@ def test_score_with_language_normalization():
     zh = mlqa.QaExample("q", "?", "", [{"text": "北京", "answer_start": 0}], "zh", "zh", "")
     # Characters 北 京 大 学 vs 北 京: P=2/4, R=1 -> F1 2/3.
     assert mlqa.score([zh], {"q": "北京大学"}, "zh")[0] == pytest.approx(2 / 3)
+    # A pair without test questions scores nan (shown in the report), not an error.
+    assert all(np.isnan(x) for x in mlqa.score([], {}, "en"))
 
 
 def test_tiny_run_reports_every_pair(tmp_path):

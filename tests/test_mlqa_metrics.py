@@ -1,4 +1,5 @@
-"""MLQA metrics: normalization, F1/EM and evaluate(), on hand-computed cases."""
+"""MLQA metrics: normalization, F1/EM and the scoring of a SQuAD-format
+dataset (`evaluate` below, over `score_predictions`), on hand-computed cases."""
 
 import os
 import subprocess
@@ -8,12 +9,40 @@ import pytest
 
 from tf_mbalign.evaluation import mlqa_metrics as mm
 from tf_mbalign.evaluation.mlqa_metrics import (
-    evaluate,
     exact_match_score,
     f1_score,
     metric_max_over_ground_truths,
     normalize_answer,
+    score_predictions,
 )
+
+
+def evaluate(dataset, predictions, language, question_ids=None):
+    """MLQA exact match and F1 (in %) over a SQuAD-v1.1-format dataset, as the
+    official ``mlqa_evaluation_v1.py`` computes them.
+
+    Every question of ``dataset`` (or only those in ``question_ids``, each of
+    which must be in it) is scored by ``score_predictions``; predictions for
+    questions that are not evaluated are ignored.
+
+    Returns:
+      ``{"exact_match": %, "f1": %, "count": n, "missing": m}``.
+
+    Raises:
+      ValueError: unknown language, an id of ``question_ids`` not in
+        ``dataset``, no question to evaluate, or a question without answers.
+    """
+    wanted = None if question_ids is None else set(question_ids)
+    gold_answers = [
+        (qa["id"], [answer["text"] for answer in qa.get("answers", [])])
+        for article in dataset for paragraph in article["paragraphs"] for qa in paragraph["qas"]
+        if wanted is None or qa["id"] in wanted
+    ]
+    unknown = sorted((wanted or set()) - {qid for qid, _ in gold_answers})
+    if unknown:
+        raise ValueError(f"{len(unknown)} question_ids not in the dataset, e.g. {unknown[:5]}")
+    scores = score_predictions(gold_answers, predictions, language)
+    return {**scores, "exact_match": 100.0 * scores["exact_match"], "f1": 100.0 * scores["f1"]}
 
 
 # --- punctuation -------------------------------------------------------------
@@ -182,6 +211,14 @@ DATASET = [
 # q1: EM 1, F1 1. q2: [big red dog] vs [red dog barks] -> EM 0, F1 2/3.
 # q3: no prediction -> 0, 0. "q99" is not in the dataset: ignored.
 PREDICTIONS = {"q1": "Cat.", "q2": "the big red dog", "q99": "blue bird"}
+
+
+def test_score_predictions_example():
+    # q1 exact (normalized), q2 without a prediction: 0 on both, counted missing.
+    assert score_predictions([("q1", ["the cat"]), ("q2", ["a dog"])], {"q1": "Cat"}, "en") == {
+        "exact_match": 0.5, "f1": 0.5, "count": 2, "missing": 1}
+    with pytest.raises(ValueError, match="'q1' has no gold answers"):
+        score_predictions([("q1", [])], {"q1": "x"}, "en")
 
 
 def test_evaluate_counts_missing_predictions_as_zero():

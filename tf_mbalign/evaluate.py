@@ -27,6 +27,8 @@ import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from tf_mbalign.data.data_root import default_data_root  # noqa: E402
+
 COMMANDS = ("retrieval", "compare")
 
 _ENCODER = flags.DEFINE_string("encoder", None, "retrieval: export dir, run dir, or --encoder "
@@ -58,8 +60,8 @@ _EXTRA = flags.DEFINE_list("finetune_flags", [], "compare: extra flags for every
 
 
 def data_root():
-    return _DATA_ROOT.value or os.environ.get(
-        "TF_MBALIGN_SHARED_DATA", os.path.join("..", "shared", "data"))
+    """--data_root, else `$TF_MBALIGN_SHARED_DATA`, else `../shared/data`."""
+    return _DATA_ROOT.value or default_data_root()
 
 
 def run_retrieval():

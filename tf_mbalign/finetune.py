@@ -23,6 +23,8 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from tf_mbalign.data.data_root import default_data_root  # noqa: E402
+
 _TASK = flags.DEFINE_enum("task", None, ["xnli", "mlqa"], "Downstream task.")
 _ENCODER = flags.DEFINE_string("encoder", None, "Export dir, run dir, or --encoder value.")
 _DATA = flags.DEFINE_string("data", "", "Task data dir ('' = $TF_MBALIGN_SHARED_DATA/<task>; "
@@ -59,8 +61,8 @@ flags.mark_flags_as_required(["task", "encoder"])
 
 
 def default_data_dir(task):
-    root = os.environ.get("TF_MBALIGN_SHARED_DATA", os.path.join("..", "shared", "data"))
-    return os.path.join(root, task)
+    """`$TF_MBALIGN_SHARED_DATA/<task>`, else `../shared/data/<task>`."""
+    return os.path.join(default_data_root(), task)
 
 
 def main(argv):

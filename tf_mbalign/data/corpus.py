@@ -30,7 +30,6 @@ Rules, the same for every reader:
 """
 
 import dataclasses
-import glob
 import itertools
 import os
 import re
@@ -38,9 +37,12 @@ import unicodedata
 
 import numpy as np
 
+from tf_mbalign.data.language_files import FileLayout, find_language_files
+
 DEFAULT_MAX_CHARS = 2000
 MAX_LINE_BYTES = 16 * 1024 * 1024
-_PAIR_FILE = re.compile(r"^en-([A-Za-z_]+)\.tsv$")
+_PAIR_FILES = FileLayout(re.compile(r"^en-(?P<language>[A-Za-z_]+)\.tsv$"), "en-XX.tsv",
+                         expected=lambda language: f"en-{language}.tsv")
 _BOM = b"\xef\xbb\xbf"
 # Characters BERT-style tokenizers drop: they do not make a side non-empty.
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
@@ -152,11 +154,6 @@ def _read_lines(path):
         yield number, text
 
 
-def count_lines(path):
-    """The number of lines of a file under the rules above (no decoding)."""
-    return sum(1 for _ in _raw_lines(path))
-
-
 class _Builder:
     """Collects pairs, applying the skip / truncate rules."""
 
@@ -207,8 +204,8 @@ class _Builder:
 def _language_of(path, language):
     if language:
         return language
-    match = _PAIR_FILE.match(os.path.basename(path))
-    return match.group(1) if match else "xx"
+    match = _PAIR_FILES.pattern.match(os.path.basename(path))
+    return _PAIR_FILES.key(match) if match else "xx"
 
 
 def _add_tsv(builder, path, language):
@@ -262,21 +259,7 @@ def read_line_aligned(english_path, other_path, language="xx", max_chars=DEFAULT
 
 def read_directory(directory, languages=None, max_chars=DEFAULT_MAX_CHARS):
     """Reads every `en-XX.tsv` in a directory (optionally only `languages`)."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Corpus directory not found: {directory}")
-    paths = sorted(glob.glob(os.path.join(directory, "en-*.tsv")))
-    found = {_PAIR_FILE.match(os.path.basename(p)).group(1): p for p in paths
-             if _PAIR_FILE.match(os.path.basename(p))}
-    if languages:
-        missing = sorted(set(languages) - set(found))
-        if missing:
-            raise FileNotFoundError(
-                f"{directory}: no file for language(s) {missing}; found "
-                f"{sorted(found)}. Expected files named en-XX.tsv."
-            )
-        found = {lang: found[lang] for lang in languages}
-    if not found:
-        raise CorpusError(f"{directory}: no en-XX.tsv files.")
+    found = find_language_files(directory, _PAIR_FILES, languages, none_found=CorpusError)
     builder = _Builder(max_chars)
     for lang in sorted(found):
         _add_tsv(builder, found[lang], lang)

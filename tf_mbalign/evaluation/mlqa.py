@@ -26,7 +26,6 @@ of a question is the answer.
 
 import dataclasses
 import json
-import os
 import re
 import time
 
@@ -35,13 +34,19 @@ import tensorflow as tf
 
 from tf_mbalign.data.code_switching import code_switch
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.evaluation import mlqa_metrics, reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.span_extractor import SpanExtractor
-from tf_mbalign.training.finetuning import FineTuner, loss_summary, span_loss, start_seed
+from tf_mbalign.training.finetuning import SeedRun, fine_tune, run_per_seed, span_loss
 
 SETTINGS = ("zero_shot", "code_switch")
-_FILE = re.compile(r"^(dev|train|test)-context-([A-Za-z_-]+)-question-([A-Za-z_-]+)\.json$")
+_FILES = FileLayout(
+    re.compile(r"^(?P<split>dev|train|test)-context-(?P<context>[A-Za-z_-]+)"
+               r"-question-(?P<question>[A-Za-z_-]+)\.json$"),
+    "dev-context-C-question-Q.json (or train-… and test-…)",
+    expected=lambda pair: f"dev-context-{pair[0]}-question-{pair[1]}.json",
+    example="../shared/data/mlqa", what="context-question pair")
 _CHUNK = 256
 
 
@@ -87,22 +92,7 @@ def is_train_question(qid):
 
 def read_mlqa_dir(data_dir, pairs=None):
     """{"train"|"test": {(context_lang, question_lang): [QaExample]}}."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: no such directory (expected "
-                                "dev-context-C-question-Q.json files, e.g. ../shared/data/mlqa).")
-    files = {}
-    for name in sorted(os.listdir(data_dir)):
-        match = _FILE.match(name)
-        if match:
-            files.setdefault((match.group(2), match.group(3)), {})[match.group(1)] = \
-                os.path.join(data_dir, name)
-    if pairs:
-        missing = [p for p in pairs if p not in files]
-        if missing:
-            raise FileNotFoundError(
-                f"{data_dir}: no file for context-question pair(s) "
-                f"{', '.join('-'.join(p) for p in missing)}.")
-        files = {p: files[p] for p in pairs}
+    files = find_language_files(data_dir, _FILES, pairs)
     if ("en", "en") not in files:
         raise FileNotFoundError(f"{data_dir}: no dev-context-en-question-en.json: English "
                                 "training questions are needed.")
@@ -255,16 +245,14 @@ def metric_language(language):
 
 
 def score(examples, answers, language):
-    """SQuAD v1.1 F1 / EM (fractions) with MLQA's normalization."""
-    language = metric_language(language)
-    f1, em = [], []
-    for e in examples:
-        truths = [a["text"] for a in e.answers]
-        f1.append(mlqa_metrics.metric_max_over_ground_truths(
-            mlqa_metrics.f1_score, answers[e.qid], truths, language))
-        em.append(float(mlqa_metrics.metric_max_over_ground_truths(
-            mlqa_metrics.exact_match_score, answers[e.qid], truths, language)))
-    return float(np.mean(f1)), float(np.mean(em))
+    """SQuAD v1.1 F1 / EM (fractions) with MLQA's normalization
+    (`mlqa_metrics.score_predictions`); (nan, nan) without test questions."""
+    if not examples:
+        return float("nan"), float("nan")
+    scores = mlqa_metrics.score_predictions(
+        [(e.qid, [a["text"] for a in e.answers]) for e in examples], answers,
+        metric_language(language))
+    return scores["f1"], scores["exact_match"]
 
 
 # === One run per seed, then the report ===
@@ -295,52 +283,52 @@ def predict_spans(tuner, features, pad_id, batch_size=32):
 def run_mlqa(trained, data, config, finetune, log=print, progress=True):
     """Fine-tunes per seed, evaluates every context–question pair; a report."""
     started = time.time()
-    tokenizer, encoder = trained.tokenizer, trained.encoder
     test = {pair: examples[: config.max_eval_examples or None]
             for pair, examples in sorted(data["test"].items())}
-    test_features = {pair: featurize(tokenizer, examples, config.max_seq_length,
+    test_features = {pair: featurize(trained.tokenizer, examples, config.max_seq_length,
                                      config.doc_stride, config.max_query_length)
                      for pair, examples in test.items()}
-    initial_weights = encoder.get_weights()
-    rows = {f"{c}-{q}": [] for c, q in test}
-    per_seed = {"f1": {k: [] for k in rows}, "exact_match": {k: [] for k in rows}}
-    losses = []
-    for seed in config.seeds:
-        tokenizer, rng = start_seed(seed, encoder, initial_weights, tokenizer)
-        examples = training_examples(data, config.setting, config.code_switch_probability, rng)
-        if config.max_train_examples:
-            examples = [examples[i] for i in rng.permutation(len(examples))
-                        [: config.max_train_examples]]
-        features = featurize(tokenizer, examples, config.max_seq_length, config.doc_stride,
-                             config.max_query_length)
-        model = SpanExtractor(encoder, name="mlqa_span_extractor")
-        steps = finetune.total_steps(len(features.rows))
-        tuner = FineTuner(model, span_loss, finetune, steps,
-                           pad_rows(features.rows[:2], tokenizer.pad_id))
-        def labels_at(index, features=features):
-            return {"start_positions": features.start_positions[index],
-                    "end_positions": features.end_positions[index]}
 
-        run_losses = tuner.fit(features.rows, labels_at, tokenizer.pad_id, steps, rng, progress)
-        losses.append(run_losses)
-        for (c, q), examples_cq in test.items():
-            f = test_features[(c, q)]
-            starts, ends = predict_spans(tuner, f, tokenizer.pad_id)
-            answers = best_spans(f, starts, ends, examples_cq,
+    def run_seed(seed, tokenizer, rng):
+        tuner, losses, sizes = _fine_tune(trained.encoder, tokenizer, data, config, finetune,
+                                          rng, progress)
+        scores = {"f1": {}, "exact_match": {}}
+        for (c, q), examples in test.items():
+            starts, ends = predict_spans(tuner, test_features[(c, q)], tokenizer.pad_id)
+            answers = best_spans(test_features[(c, q)], starts, ends, examples,
                                  max_answer_length=config.max_answer_length)
-            f1, em = score(examples_cq, answers, c)
-            per_seed["f1"][f"{c}-{q}"].append(f1)
-            per_seed["exact_match"][f"{c}-{q}"].append(em)
-        log(f"seed {seed}: F1 " + " ".join(f"{k}={v[-1] * 100:.1f}"
-                                           for k, v in per_seed["f1"].items()))
-    encoder.set_weights(initial_weights)
-    metrics, average = reports.summarize(per_seed)
-    return {
-        "task": "mlqa", "setting": config.setting, "encoder": trained.source,
-        "metrics": metrics, "average": average,
-        "training_loss": loss_summary(losses),
-        "train_questions": len(examples), "train_windows": len(features.rows), "steps": steps,
-        "test_questions": {f"{c}-{q}": len(e) for (c, q), e in test.items()},
-        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
-        "wall_seconds": round(time.time() - started, 1),
-    }
+            scores["f1"][f"{c}-{q}"], scores["exact_match"][f"{c}-{q}"] = score(
+                examples, answers, c)
+        log(f"seed {seed}: F1 " + " ".join(f"{k}={v * 100:.1f}"
+                                           for k, v in scores["f1"].items()))
+        return SeedRun(losses, scores, {**sizes, "steps": len(losses)})
+
+    runs = run_per_seed(config.seeds, trained.encoder, trained.tokenizer, run_seed)
+    test_questions = {f"{c}-{q}": len(e) for (c, q), e in test.items()}
+    return reports.fine_tuning_report("mlqa", trained, runs, config, finetune,
+                                      {"test_questions": test_questions}, started)
+
+
+def _fine_tune(encoder, tokenizer, data, config, finetune, rng, progress):
+    """One seed's span extractor, trained on the setting's questions.
+
+    Returns:
+        (the `FineTuner`, the loss of every step, {"train_questions": n,
+        "train_windows": m}).
+    """
+    examples = training_examples(data, config.setting, config.code_switch_probability, rng)
+    if config.max_train_examples:
+        examples = [examples[i] for i in rng.permutation(len(examples))
+                    [: config.max_train_examples]]
+    features = featurize(tokenizer, examples, config.max_seq_length, config.doc_stride,
+                         config.max_query_length)
+
+    def labels_at(index):
+        return {"start_positions": features.start_positions[index],
+                "end_positions": features.end_positions[index]}
+
+    model = SpanExtractor(encoder, name="mlqa_span_extractor")
+    tuner, losses = fine_tune(model, span_loss, finetune, features.rows, labels_at,
+                              tokenizer.pad_id, rng, progress)
+    return tuner, losses, {"train_questions": len(examples),
+                           "train_windows": len(features.rows)}

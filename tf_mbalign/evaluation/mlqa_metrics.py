@@ -169,73 +169,46 @@ def metric_max_over_ground_truths(metric_fn, prediction, ground_truths, language
     return max(metric_fn(prediction, truth, language) for truth in ground_truths)
 
 
-def evaluate(dataset, predictions, language, question_ids=None):
-    """MLQA exact match and F1 (in %) over a SQuAD-v1.1-format dataset.
+def score_predictions(gold_answers, predictions, language):
+    """MLQA exact match and F1 (fractions) of predicted answers: the one
+    scoring loop (the MLQA task's `mlqa.score` uses it).
 
-    Every question of ``dataset`` (or only those in ``question_ids``) is
-    scored against all its gold answers, keeping the best. A question without
-    a prediction scores 0 on both metrics (as in the official script, which
-    warns) and is counted in ``missing``; predictions for questions that are
-    not evaluated are ignored.
+    Each question scores its best metric over its gold answers; a question
+    without a prediction scores 0 on both and is counted in ``missing``.
 
     Args:
-      dataset: the ``data`` list of the SQuAD v1.1 JSON: articles with
-        ``paragraphs``, each with ``qas`` of ``id`` and ``answers`` (``text``,
-        ``answer_start``).
+      gold_answers: ``(question_id, [gold answer texts])`` pairs.
       predictions: ``{question_id: predicted answer text}``.
-      language: the CONTEXT language of the file (answers are context spans),
-        e.g. ``"de"`` for MLQA's ``test-context-de-question-en.json``.
-      question_ids: optional iterable of ids; only these questions are
-        evaluated (e.g. a held-out split). Every id must be in ``dataset``.
+      language: the CONTEXT language of the questions (answers are context
+        spans), e.g. ``"de"`` for MLQA's ``test-context-de-question-en.json``.
 
     Returns:
-      ``{"exact_match": %, "f1": %, "count": n, "missing": m}`` where ``n`` is
-      the number of evaluated questions, the averages are over all ``n``, and
-      ``m`` of them had no prediction.
+      ``{"exact_match": fraction, "f1": fraction, "count": n, "missing": m}``,
+      averages over all ``n`` questions.
 
     Raises:
-      ValueError: unknown language, an id of ``question_ids`` not in
-        ``dataset``, no question to evaluate, or a question without answers.
+      ValueError: unknown language, no question, or a question with a
+        prediction but without gold answers.
 
     Example:
-      >>> data = [{"paragraphs": [{"qas": [
-      ...     {"id": "q1", "answers": [{"text": "the cat", "answer_start": 0}]},
-      ...     {"id": "q2", "answers": [{"text": "a dog", "answer_start": 8}]}]}]}]
-      >>> evaluate(data, {"q1": "Cat"}, "en")
-      {'exact_match': 50.0, 'f1': 50.0, 'count': 2, 'missing': 1}
+      >>> score_predictions([("q1", ["the cat"]), ("q2", ["a dog"])], {"q1": "Cat"}, "en")
+      {'exact_match': 0.5, 'f1': 0.5, 'count': 2, 'missing': 1}
     """
     _check_language(language)
-    wanted = None if question_ids is None else set(question_ids)
-    seen = set()
+    gold_answers = list(gold_answers)
     exact_match = f1 = 0.0
-    count = missing = 0
-    for article in dataset:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                qid = qa["id"]
-                if wanted is not None and qid not in wanted:
-                    continue
-                seen.add(qid)
-                count += 1
-                if qid not in predictions:
-                    missing += 1
-                    continue
-                truths = [answer["text"] for answer in qa["answers"]]
-                if not truths:
-                    raise ValueError(f"question {qid!r} has no gold answers")
-                prediction = predictions[qid]
-                exact_match += metric_max_over_ground_truths(
-                    exact_match_score, prediction, truths, language)
-                f1 += metric_max_over_ground_truths(f1_score, prediction, truths, language)
-    if wanted is not None and wanted - seen:
-        unknown = sorted(wanted - seen)
-        raise ValueError(
-            f"{len(unknown)} question_ids not in the dataset, e.g. {unknown[:5]}")
-    if count == 0:
+    missing = 0
+    for qid, truths in gold_answers:
+        if qid not in predictions:
+            missing += 1
+            continue
+        if not truths:
+            raise ValueError(f"question {qid!r} has no gold answers")
+        exact_match += metric_max_over_ground_truths(
+            exact_match_score, predictions[qid], truths, language)
+        f1 += metric_max_over_ground_truths(f1_score, predictions[qid], truths, language)
+    if not gold_answers:
         raise ValueError("no questions to evaluate")
-    return {
-        "exact_match": 100.0 * exact_match / count,
-        "f1": 100.0 * f1 / count,
-        "count": count,
-        "missing": missing,
-    }
+    count = len(gold_answers)
+    return {"exact_match": exact_match / count, "f1": f1 / count, "count": count,
+            "missing": missing}

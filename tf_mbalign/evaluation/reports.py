@@ -12,8 +12,10 @@ A report is a dict:
 for one report, or for several side by side (e.g. unaligned vs aligned).
 """
 
+import dataclasses
 import json
 import os
+import time
 
 import numpy as np
 
@@ -125,3 +127,27 @@ def read_report(path):
         return json.load(f)
 
 
+def fine_tuning_report(task, trained, runs, config, finetune, test_sizes, started):
+    """The report of a fine-tuning task (XNLI, MLQA) over all its seeds.
+
+    Args:
+        task: the task's name, e.g. "xnli".
+        trained: the `TrainedEncoder` fine-tuned (its `source` is reported).
+        runs: the `training.finetuning.SeedRuns` of the seeds.
+        config: the task's config dataclass (with a `setting`).
+        finetune: the `FinetuneConfig`.
+        test_sizes: the test set's sizes, e.g. {"test_examples": {"de": 830}}.
+        started: `time.time()` when the task started.
+
+    Returns:
+        the report dict (module docstring), with the training loss and the
+        last seed's training sizes.
+    """
+    metrics, average = summarize(runs.scores)
+    return {
+        "task": task, "setting": config.setting, "encoder": trained.source,
+        "metrics": metrics, "average": average,
+        "training_loss": runs.training_loss, **runs.sizes, **test_sizes,
+        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
+        "wall_seconds": round(time.time() - started, 1),
+    }

@@ -19,7 +19,12 @@ import re
 
 import numpy as np
 
-_FILE = re.compile(r"^([A-Za-z][A-Za-z_-]*)-en\.\1$")
+from tf_mbalign.data.language_files import FileLayout, find_language_files
+
+_FILES = FileLayout(re.compile(r"^(?P<language>[A-Za-z][A-Za-z_-]*)-en\.(?P=language)$"),
+                    "XX-en.XX and XX-en.en",
+                    expected=lambda language: f"{language}-en.{language} and {language}-en.en",
+                    example="../shared/data/tatoeba")
 
 
 @dataclasses.dataclass
@@ -42,23 +47,10 @@ def _read_lines(path):
 
 def read_bitext_dir(data_dir, languages=None, max_pairs=None):
     """{language: Bitext} from `XX-en.XX` / `XX-en.en` files in `data_dir`."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: no such directory (expected XX-en.XX and "
-                                "XX-en.en files, e.g. ../shared/data/tatoeba).")
-    found = sorted(m.group(1) for m in map(_FILE.match, os.listdir(data_dir)) if m)
-    if languages:
-        missing = sorted(set(languages) - set(found))
-        if missing:
-            raise FileNotFoundError(
-                f"{data_dir}: no {', '.join(f'{x}-en.{x}' for x in missing)} "
-                f"(languages found: {', '.join(found) or 'none'})."
-            )
-        found = [x for x in found if x in languages]
-    if not found:
-        raise FileNotFoundError(f"{data_dir}: no XX-en.XX / XX-en.en file pairs.")
+    found = find_language_files(data_dir, _FILES, languages)
     data = {}
-    for language in found:
-        foreign_path = os.path.join(data_dir, f"{language}-en.{language}")
+    for language in sorted(found):
+        foreign_path = found[language]
         english_path = os.path.join(data_dir, f"{language}-en.en")
         if not os.path.isfile(english_path):
             raise FileNotFoundError(f"{foreign_path} has no English side {english_path}.")

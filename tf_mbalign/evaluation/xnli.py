@@ -21,7 +21,6 @@ Test rows are never trained on; every language is evaluated on its test rows.
 """
 
 import dataclasses
-import os
 import re
 import time
 
@@ -30,16 +29,21 @@ import tensorflow as tf
 
 from tf_mbalign.data.code_switching import code_switch
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.data.pair_packing import truncate_pair_lengths
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier
-from tf_mbalign.training.finetuning import (FineTuner, classification_loss, loss_summary,
-                                            start_seed)
+from tf_mbalign.training.finetuning import (SeedRun, classification_loss, fine_tune,
+                                            run_per_seed)
 
 LABELS = ("entailment", "neutral", "contradiction")
 SETTINGS = ("zero_shot", "translate_train", "code_switch")
-_FILE = re.compile(r"^(dev|train|test)-([A-Za-z_-]+)\.tsv$")
+_FILES = FileLayout(re.compile(r"^(?P<split>dev|train|test)-(?P<language>[A-Za-z_-]+)\.tsv$"),
+                    "dev-XX.tsv (or train-XX.tsv and test-XX.tsv)",
+                    expected=lambda language: (f"dev-{language}.tsv (or train-{language}.tsv "
+                                               f"and test-{language}.tsv)"),
+                    example="../shared/data/xnli")
 
 
 @dataclasses.dataclass
@@ -75,20 +79,7 @@ def _read_tsv(path):
 
 def read_xnli_dir(data_dir, languages=None):
     """`NliData` from a directory (module docstring); checks the row alignment."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: no such directory (expected dev-XX.tsv files, "
-                                "e.g. ../shared/data/xnli).")
-    files = {}
-    for name in os.listdir(data_dir):
-        match = _FILE.match(name)
-        if match:
-            files.setdefault(match.group(2), {})[match.group(1)] = os.path.join(data_dir, name)
-    if languages:
-        missing = sorted(set(languages) - set(files))
-        if missing:
-            raise FileNotFoundError(f"{data_dir}: no data for {', '.join(missing)} "
-                                    f"(found: {', '.join(sorted(files)) or 'none'}).")
-        files = {lang: files[lang] for lang in languages}
+    files = find_language_files(data_dir, _FILES, languages)
     if "en" not in files:
         raise FileNotFoundError(f"{data_dir}: no English file (dev-en.tsv or train-en.tsv): "
                                 "English training data is needed for every setting.")
@@ -231,50 +222,51 @@ def run_xnli(trained, data, config, finetune, log=print, progress=True):
     Returns a report dict (`tf_mbalign.evaluation.reports`).
     """
     started = time.time()
-    tokenizer, encoder = trained.tokenizer, trained.encoder
     eval_languages = list(config.eval_languages or sorted(data.test))
+    test_rows = {lang: _test_set(trained.tokenizer, data.test[lang], config)
+                 for lang in eval_languages}
+
+    def run_seed(seed, tokenizer, rng):
+        tuner, losses, train_examples = _fine_tune(trained.encoder, tokenizer, data, config,
+                                                   finetune, rng, progress)
+        scores = {"accuracy": {lang: accuracy(tuner, *test_rows[lang], tokenizer.pad_id)
+                               for lang in eval_languages}}
+        log(f"seed {seed}: " + " ".join(f"{lang}={value:.3f}"
+                                        for lang, value in scores["accuracy"].items())
+            + f" (training loss, last 20 steps: {np.mean(losses[-20:]):.3f})")
+        return SeedRun(losses, scores, {"train_examples": train_examples, "steps": len(losses)})
+
+    runs = run_per_seed(config.seeds, trained.encoder, trained.tokenizer, run_seed)
+    test_examples = {lang: len(test_rows[lang][1]) for lang in eval_languages}
+    return reports.fine_tuning_report("xnli", trained, runs, config, finetune,
+                                      {"test_examples": test_examples}, started)
+
+
+def _test_set(tokenizer, rows, config):
+    """(encoded pairs, gold labels) of a language's first `max_eval_examples` test rows."""
+    rows = rows[: config.max_eval_examples or None]
+    return (encode_pairs(tokenizer, [r[0] for r in rows], [r[1] for r in rows],
+                         config.max_seq_length), np.array([r[2] for r in rows]))
+
+
+def _fine_tune(encoder, tokenizer, data, config, finetune, rng, progress):
+    """One seed's classifier, trained on the setting's shuffled examples.
+
+    Returns:
+        (the `FineTuner`, the loss of every step, the number of training examples).
+    """
     train_languages = list(config.train_languages or sorted(data.train))
-    test_rows = {}
-    for lang in eval_languages:
-        rows = data.test[lang][: config.max_eval_examples or None]
-        test_rows[lang] = (encode_pairs(tokenizer, [r[0] for r in rows], [r[1] for r in rows],
-                                        config.max_seq_length), np.array([r[2] for r in rows]))
-    initial_weights = encoder.get_weights()
-    per_seed = {"accuracy": {lang: [] for lang in eval_languages}}
-    losses = []
-    for seed in config.seeds:
-        tokenizer, rng = start_seed(seed, encoder, initial_weights, tokenizer)
-        examples = training_examples(data, config.setting, train_languages,
-                                     config.code_switch_probability, rng)
-        order = rng.permutation(len(examples))
-        if config.max_train_examples:
-            order = order[: config.max_train_examples]
-        examples = [examples[i] for i in order]
-        rows = encode_pairs(tokenizer, [e[0] for e in examples], [e[1] for e in examples],
-                            config.max_seq_length)
-        labels = np.array([e[2] for e in examples], np.int32)
-        model = SentencePairClassifier(encoder, num_classes=len(LABELS),
-                                       dropout=finetune.dropout, name="xnli_classifier")
-        steps = finetune.total_steps(len(rows))
-        tuner = FineTuner(model, classification_loss, finetune, steps,
-                           pad_rows(rows[:2], tokenizer.pad_id))
-        run_losses = tuner.fit(rows, lambda index: labels[index], tokenizer.pad_id, steps, rng,
-                               progress)
-        losses.append(run_losses)
-        for lang in eval_languages:
-            rows_l, gold = test_rows[lang]
-            per_seed["accuracy"][lang].append(accuracy(tuner, rows_l, gold, tokenizer.pad_id))
-        log(f"seed {seed}: " + " ".join(
-            f"{lang}={per_seed['accuracy'][lang][-1]:.3f}" for lang in eval_languages)
-            + f" (training loss, last 20 steps: {np.mean(run_losses[-20:]):.3f})")
-    encoder.set_weights(initial_weights)
-    metrics, average = reports.summarize(per_seed)
-    return {
-        "task": "xnli", "setting": config.setting, "encoder": trained.source,
-        "metrics": metrics, "average": average,
-        "training_loss": loss_summary(losses),
-        "train_examples": len(rows), "steps": steps,
-        "test_examples": {lang: len(test_rows[lang][1]) for lang in eval_languages},
-        "config": {**dataclasses.asdict(config), **dataclasses.asdict(finetune)},
-        "wall_seconds": round(time.time() - started, 1),
-    }
+    examples = training_examples(data, config.setting, train_languages,
+                                 config.code_switch_probability, rng)
+    order = rng.permutation(len(examples))
+    if config.max_train_examples:
+        order = order[: config.max_train_examples]
+    examples = [examples[i] for i in order]
+    rows = encode_pairs(tokenizer, [e[0] for e in examples], [e[1] for e in examples],
+                        config.max_seq_length)
+    labels = np.array([e[2] for e in examples], np.int32)
+    model = SentencePairClassifier(encoder, num_classes=len(LABELS), dropout=finetune.dropout,
+                                   name="xnli_classifier")
+    tuner, losses = fine_tune(model, classification_loss, finetune, rows,
+                              lambda index: labels[index], tokenizer.pad_id, rng, progress)
+    return tuner, losses, len(rows)

@@ -2,7 +2,8 @@
 
 One loop for XNLI and MLQA: batches of dynamically padded inputs, AdamW with
 warm-up and linear decay, a separate (higher) learning rate for the new head,
-global-norm clipping, and the word-embedding matrix frozen by default.
+global-norm clipping, and the word-embedding matrix frozen by default; and one
+per-seed loop (`run_per_seed`): every seed fine-tunes from the same start.
 
 Why freeze the word embeddings: in zero-shot transfer only English tokens get
 gradients, so fine-tuning moves English rows of the (tied, 250k x 384 for
@@ -25,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
-
 from tf_mbalign.training.optimization import create_optimizer
 
 WORD_EMBEDDING = "token_embedding/embeddings"
@@ -134,6 +134,98 @@ class FineTuner:
                 if len(losses) == steps:
                     break
         return losses
+
+
+def fine_tune(model, loss_fn, config, rows, labels_at, pad_id, rng, progress=True):
+    """Builds a `FineTuner` for `rows` and trains it for `config.total_steps`.
+
+    Args:
+        model: a Keras model with `.encoder` and `.head_variables()`.
+        loss_fn: (labels, model outputs) -> scalar float32 loss.
+        config: a `FinetuneConfig`.
+        rows: the training inputs, token-id lists.
+        labels_at: callable, batch row indices -> the batch's labels.
+        pad_id: the tokenizer's padding id.
+        rng: `np.random.RandomState` for the batch order.
+        progress: show a Keras progress bar.
+
+    Returns:
+        (the trained `FineTuner`, the loss of every step).
+    """
+    steps = config.total_steps(len(rows))
+    tuner = FineTuner(model, loss_fn, config, steps, pad_rows(rows[:2], pad_id))
+    return tuner, tuner.fit(rows, labels_at, pad_id, steps, rng, progress)
+
+
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's fine-tuning and evaluation.
+
+    Attributes:
+        losses: the training loss of every step.
+        scores: {metric: {row: value}}, e.g. {"accuracy": {"de": 0.71}}.
+        sizes: what the run trained on, for the report, e.g.
+            {"train_examples": 1660, "steps": 156}.
+    """
+
+    losses: list
+    scores: dict
+    sizes: dict
+
+
+@dataclasses.dataclass
+class SeedRuns:
+    """All seeds of a task.
+
+    Attributes:
+        scores: {metric: {row: [value per seed]}} (`reports.summarize`'s input).
+        training_loss: `loss_summary` of the seeds' losses.
+        sizes: the last seed's `SeedRun.sizes`.
+    """
+
+    scores: dict
+    training_loss: dict
+    sizes: dict
+
+
+def run_per_seed(seeds, encoder, tokenizer, run_seed):
+    """Fine-tunes and evaluates once per seed, each seed from the same start.
+
+    Before each seed, `start_seed` seeds Keras/TF, puts the encoder's initial
+    weights back and makes a fresh tokenizer; afterwards the encoder has its
+    initial weights again.
+
+    Args:
+        seeds: the fine-tuning seeds.
+        encoder: the encoder the task model fine-tunes.
+        tokenizer: its tokenizer.
+        run_seed: (seed, fresh tokenizer, `np.random.RandomState(seed)`) ->
+            a `SeedRun`.
+
+    Returns:
+        a `SeedRuns`.
+
+    Raises:
+        ValueError: no seeds.
+    """
+    if not seeds:
+        raise ValueError("no fine-tuning seeds: give at least one.")
+    initial_weights = encoder.get_weights()
+    runs = []
+    try:
+        for seed in seeds:
+            seed_tokenizer, rng = start_seed(seed, encoder, initial_weights, tokenizer)
+            runs.append(run_seed(seed, seed_tokenizer, rng))
+    finally:
+        encoder.set_weights(initial_weights)
+    return SeedRuns(_scores_per_seed(runs), loss_summary([run.losses for run in runs]),
+                    runs[-1].sizes)
+
+
+def _scores_per_seed(runs):
+    """{metric: {row: [value of each run]}}, rows in the first run's order."""
+    return {metric: {row: [run.scores[metric][row] for run in runs] for row in rows}
+            for metric, rows in runs[0].scores.items()}
 
 
 def start_seed(seed, encoder, initial_weights, tokenizer):
