@@ -1,5 +1,7 @@
 """Sentence representations, the learning-rate schedule, optimizer settings."""
 
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -89,3 +91,34 @@ def test_fused_adamw_takes_keras_adamw_steps(sparse):
     assert np.max(np.abs(got[0] - _adamw_trajectory(optimization.FusedAdamW, strategy,
                                                     steps=1, sparse=sparse)[0])) > 1e-3
 
+
+
+def test_aligner_config_round_trips():
+    from tf_mbalign.modeling import encoders
+    from tf_mbalign.modeling.aligner import Aligner
+
+    encoder = encoders.load_encoder("tiny:demo", dropout=0.0).encoder
+    aligner = Aligner(encoder, queue_size=24, momentum=0.9, temperature=0.05,
+                      contrastive_weight=0.5, representation_layer=-2, pooling="mean",
+                      projection_dim=8, name="probe")
+    config = aligner.get_config()
+    restored = Aligner.from_config(config)
+    assert restored.get_config() == config
+    assert {k: config[k] for k in ("queue_size", "momentum", "pooling", "projection_dim")} == {
+        "queue_size": 24, "momentum": 0.9, "pooling": "mean", "projection_dim": 8}
+    assert [w.shape for w in restored.weights] == [w.shape for w in aligner.weights]
+
+
+def test_aligner_docstring_example_runs():
+    import re
+
+    from tf_mbalign.modeling.aligner import Aligner
+
+    example = re.search(r"```python\n(.*?)```", Aligner.__doc__, re.S).group(1)
+    namespace = {}
+    exec(compile(textwrap.dedent(example), "Aligner docstring", "exec"), namespace)
+    losses = namespace["losses"]
+    assert set(losses) == {"loss", "tlm_loss", "moco_loss"}
+    np.testing.assert_allclose(float(losses["loss"]),
+                               float(losses["tlm_loss"]) + float(losses["moco_loss"]), rtol=1e-6)
+    assert float(losses["tlm_loss"]) > 0 and np.isfinite(float(losses["moco_loss"]))

@@ -176,3 +176,25 @@ def test_epochs_cover_every_pair_once_with_natural_mix(tmp_path):
     assert len(seen) == len(demo)
     # Every pair of the epoch differs (the demo corpus has no duplicates).
     assert len(set(map(tuple, seen))) > 0.99 * len(demo)
+
+
+def test_shuffle_pair_order_is_a_stateless_coin():
+    from tf_mbalign.data.input_shuffling import shuffle_pair_order
+
+    english, other = tf.constant([5, 6, 7]), tf.constant([8, 9])
+    firsts = []
+    for position in range(200):
+        seed = tf.constant([3, position], tf.int64)
+        first, second, english_first = shuffle_pair_order(english, other, seed)
+        again = shuffle_pair_order(english, other, seed)
+        assert bool(english_first) == bool(again[2])  # a function of the seed
+        expected = (english, other) if bool(english_first) else (other, english)
+        assert first.numpy().tolist() == expected[0].numpy().tolist()
+        assert second.numpy().tolist() == expected[1].numpy().tolist()
+        firsts.append(bool(english_first))
+    # A fair coin: 200 draws fall within 5 standard deviations of 100.
+    assert 100 - 5 * 7.1 < sum(firsts) < 100 + 5 * 7.1
+    for position in range(20):
+        _, _, english_first = shuffle_pair_order(english, other, tf.constant([3, position]),
+                                                 enabled=False)
+        assert bool(english_first)

@@ -5,7 +5,7 @@ The same representation alignment trains (`Aligner.embed`): one sentence as
 
 Example:
 ```python
-vectors = embed_sentences(encoder, tokenizer, ["Hallo Welt", "Hello world"])
+vectors = SentenceEmbedder(encoder, tokenizer, pooling="mean")(["Hallo Welt", "Hello world"])
 float(vectors[0] @ vectors[1])  # cosine similarity
 ```
 """
@@ -79,8 +79,3 @@ class SentenceEmbedder:
             out[index] = vectors
         return out
 
-
-def embed_sentences(encoder, tokenizer, sentences, pooling="cls", layer=-1, max_length=128,
-                    batch_size=64):
-    """L2-normalized sentence vectors; see `SentenceEmbedder`."""
-    return SentenceEmbedder(encoder, tokenizer, pooling, layer, max_length, batch_size)(sentences)
