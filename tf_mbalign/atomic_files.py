@@ -33,16 +33,26 @@ def fsync_directory(directory):
         os.close(fd)
 
 
-def write_text_atomic(path, text):
-    """Writes `text` to `path` through a temporary file and a rename."""
+def write_bytes_atomic(path, data):
+    """Writes `data` to `path` through a temporary file and a rename."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path, text):
+    """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path, value, **dump_options):

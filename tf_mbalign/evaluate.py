@@ -19,7 +19,6 @@ from tf_mbalign import runtime
 
 runtime.import_tensorflow_quietly()
 
-import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -27,6 +26,7 @@ import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from tf_mbalign.atomic_files import write_json_atomic, write_text_atomic  # noqa: E402
 from tf_mbalign.data.data_root import default_data_root  # noqa: E402
 
 COMMANDS = ("retrieval", "compare")
@@ -155,10 +155,8 @@ def run_compare():
                     reports.markdown_table(pair), ""]
         summary.append("wall time: " + ", ".join(
             f"{r['model']} {r['wall_seconds']:.0f} s" for r in pair) + "\n")
-    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(summary))
-    with open(os.path.join(out, "timings.json"), "w", encoding="utf-8") as f:
-        json.dump(timings, f, indent=2)
+    write_text_atomic(os.path.join(out, "summary.md"), "\n".join(summary))
+    write_json_atomic(os.path.join(out, "timings.json"), timings, indent=2)
     print(f"wrote {os.path.join(out, 'summary.md')}")
 
 

@@ -26,7 +26,6 @@ def truncate_pair_lengths(first_length, second_length, budget):
     second_length = tf.cast(second_length, tf.int32)
     shorter = tf.minimum(first_length, second_length)
     keep_short = tf.minimum(shorter, budget // 2)
-    keep_long = budget - keep_short
     fits = first_length + second_length <= budget
     first_is_shorter = first_length <= second_length
     first_keep = tf.where(

@@ -21,7 +21,6 @@ query (the side that came first) and key. `query_is_english` records the coin.
 
 import dataclasses
 
-import numpy as np
 import tensorflow as tf
 
 from tf_mbalign.data import corpus as corpus_lib

@@ -13,13 +13,14 @@ for one report, or for several side by side (e.g. unaligned vs aligned).
 """
 
 import dataclasses
+import io
 import json
 import os
 import time
 
 import numpy as np
 
-from tf_mbalign.atomic_files import write_text_atomic
+from tf_mbalign.atomic_files import write_bytes_atomic, write_text_atomic
 
 
 def summarize(per_seed):
@@ -105,8 +106,10 @@ def plot(reports, path, scale=100.0):
         axis.grid(axis="y", alpha=0.3)
         axis.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
+    write_bytes_atomic(path, image.getvalue())
 
 
 def write_report(reports, path_prefix):

@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from tf_mbalign.atomic_files import write_text_atomic
 from tf_mbalign.data import tokenizers
 from tf_mbalign.modeling.bert_encoder import BertEncoder, encoder_like
 
@@ -189,9 +190,7 @@ def load_keras_hub_preset(name, dropout=0.1, dtype=None):
         ) from error
     encoder = _encoder_like(backbone, dropout, dtype, "gelu_approximate", name="bert_encoder")
     vocab_path = os.path.join(os.path.expanduser("~/.cache/tf_mbalign"), f"{name}_vocab.txt")
-    os.makedirs(os.path.dirname(vocab_path), exist_ok=True)
-    with open(vocab_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(hub_tokenizer.get_vocabulary()) + "\n")
+    write_text_atomic(vocab_path, "\n".join(hub_tokenizer.get_vocabulary()) + "\n")
     tokenizer = tokenizers.WordPieceTokenizer(vocab_path, lowercase=hub_tokenizer.lowercase)
     return EncoderBundle(encoder, tokenizer, source=f"preset:{name}")
 
