@@ -170,6 +170,7 @@ def run_job(record, output_path, progress=True, log=print):
 
 def _run_job_in_subprocess(record, path, progress):
     spec_path = path[: -len(".json")] + ".job.json"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_text_atomic(spec_path, json.dumps({"record": record, "output": path,
                                              "progress": progress}, indent=2) + "\n")
     # The child imports this very tf_mbalign, whatever the working directory.
