@@ -142,3 +142,18 @@ def test_words_cut_off_by_the_length_limit_count(tokenizer):
     tuner = FakeTuner({"in": "O", "Ber": "B-LOC"}, labels)
     assert NerTask().evaluate(tuner, encoded, labels, 0).tolist() == [[1, 1, 2]]
     assert PosTask().evaluate(tuner, encoded, labels, 0).tolist() == [[3, 4]]
+
+
+def test_retrieval_counts_by_hand():
+    from tf_mbalign.tasks.runner import retrieval_counts
+
+    foreign = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    english = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    # Cosines of foreign 1 with en 0, 1, 2: 0.8, 0.96, 0.6: every row finds its own line.
+    counts = retrieval_counts(foreign, english)
+    assert counts["xx_to_en"][:, 0].tolist() == [1, 1, 1]
+    english[1] = [0.0, 1.0]  # en 1 = en 2 now: foreign 1 -> en 0 (0.8 > 0.6)
+    counts = retrieval_counts(foreign, english)
+    assert counts["xx_to_en"][:, 0].tolist() == [1, 0, 0]  # ties go to the first: row 2 -> en 1
+    assert counts["en_to_xx"][:, 0].tolist() == [1, 0, 1]  # en 1 -> foreign 2, en 2 -> foreign 2
+    assert counts["en_to_xx"][:, 1].tolist() == [1, 1, 1]

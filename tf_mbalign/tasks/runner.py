@@ -11,6 +11,7 @@ Both return a job's `tables`: {table name: {"metric", "pooling",
 import dataclasses
 import os
 
+import keras
 import numpy as np
 
 from tf_mbalign.data.dynamic_padding import pad_rows
@@ -121,9 +122,8 @@ def _run_seeds(task, trained, data, inputs, config, seeds, pooling_rule, initial
             if len(candidates) > 1:
                 selection[pooling] = metric_value(
                     task.metric, task.evaluate(tuner, inputs["select"], data.labels, pad_id))
-            results[pooling] = (run_losses, {
-                lang: task.evaluate(tuner, rows, data.labels, pad_id)
-                for lang, rows in inputs["tests"].items()})
+            results[pooling] = (run_losses, _test_every_language(
+                task, tuner, inputs["tests"], data.labels, pad_id, progress))
         if number == 0 and len(candidates) > 1:
             chosen = max(candidates, key=lambda p: selection[p])
             log(f"[{task.name}] pooling chosen on English held-out rows: {chosen} {selection}")
@@ -135,6 +135,16 @@ def _run_seeds(task, trained, data, inputs, config, seeds, pooling_rule, initial
             f"{lang}={metric_value(task.metric, counts):.3f}" for lang, counts in stats.items()))
     return {"row_stats": row_stats, "losses": losses, "selection": selection,
             "pooling": chosen, "steps": steps}
+
+
+def _test_every_language(task, tuner, tests, labels, pad_id, progress):
+    """{language: per-row counts}, with a progress bar over the languages."""
+    bar = keras.utils.Progbar(len(tests), verbose=int(progress), unit_name="language")
+    counts = {}
+    for lang, rows in tests.items():
+        counts[lang] = task.evaluate(tuner, rows, labels, pad_id)
+        bar.add(1)
+    return counts
 
 
 def _cell(counts_per_seed, metric, path):
@@ -152,7 +162,18 @@ def retrieval_files(data_root):
         return None
 
 
-def run_retrieval(trained, data_root, budget, log=print):
+def retrieval_counts(foreign_vectors, english_vectors):
+    """{"xx_to_en", "en_to_xx"}: per-row (correct, 1) of top-1 cosine retrieval."""
+    similarity = foreign_vectors @ english_vectors.T
+    gold = np.arange(len(foreign_vectors))
+    counts = {}
+    for direction, axis in (("xx_to_en", 1), ("en_to_xx", 0)):
+        correct = (np.argmax(similarity, axis=axis) == gold).astype(np.int64)
+        counts[direction] = np.stack([correct, np.ones_like(correct)], axis=1)
+    return counts
+
+
+def run_retrieval(trained, data_root, budget, log=print, progress=True):
     """Top-1 retrieval, XX->en and en->XX, with [CLS] and with mean pooling (last layer)."""
     data = read_bitext_dir(os.path.join(data_root, "tatoeba"), None,
                            budget.retrieval_max_pairs or None)
@@ -160,18 +181,16 @@ def run_retrieval(trained, data_root, budget, log=print):
     for pooling in POOLINGS:
         embedder = SentenceEmbedder(trained.encoder, trained.tokenizer, pooling, -1,
                                     budget.retrieval_max_length)
-        for direction in ("xx_to_en", "en_to_xx"):
-            tables[f"retrieval_{pooling}_{direction}"] = {
-                "metric": "accuracy", "pooling": pooling, "languages": {}}
+        bar = keras.utils.Progbar(len(data), verbose=int(progress), unit_name="language")
         for lang, bitext in data.items():
-            similarity = embedder(bitext.foreign) @ embedder(bitext.english).T
-            gold = np.arange(len(bitext.foreign))
-            for direction, axis in (("xx_to_en", 1), ("en_to_xx", 0)):
-                correct = (np.argmax(similarity, axis=axis) == gold).astype(np.int64)
-                counts = np.stack([correct, np.ones_like(correct)], axis=1)
-                tables[f"retrieval_{pooling}_{direction}"]["languages"][lang] = _cell(
-                    [counts], "accuracy", os.path.join(data_root, "tatoeba", f"{lang}-en.{lang}"))
+            path = os.path.join(data_root, "tatoeba", f"{lang}-en.{lang}")
+            counts = retrieval_counts(embedder(bitext.foreign), embedder(bitext.english))
+            for direction, rows in counts.items():
+                table = tables.setdefault(f"retrieval_{pooling}_{direction}", {
+                    "metric": "accuracy", "pooling": pooling, "languages": {}})
+                table["languages"][lang] = _cell([rows], "accuracy", path)
+            bar.add(1)
         log(f"[retrieval] {pooling}: " + " ".join(
-            f"{lang}={tables[f'retrieval_{pooling}_xx_to_en']['languages'][lang]['values'][0]:.3f}"
-            for lang in data))
+            f"{lang}={cell['values'][0]:.3f}"
+            for lang, cell in tables[f"retrieval_{pooling}_xx_to_en"]["languages"].items()))
     return {"tables": tables, "training": None, "pooling_selection": None}

@@ -92,6 +92,7 @@ def present_tasks(data_root):
     """{task name: files} of the tasks whose files are under `data_root`, in run order."""
     from tf_mbalign.tasks import registry, runner
 
+    data_root = os.path.abspath(data_root)  # files are recorded with absolute paths
     found = {name: task.find_files(data_root) for name, task in registry.TASKS.items()}
     found[RETRIEVAL] = runner.retrieval_files(data_root)
     return {name: files for name, files in found.items() if files}
@@ -156,7 +157,7 @@ def run_job(record, output_path, progress=True, log=print):
     budget = budgets.get_budget(settings["budget"])
     if record["task"] == RETRIEVAL:
         trained = load_trained_encoder(record["encoder"], dropout=0.0)
-        result = runner.run_retrieval(trained, settings["data_root"], budget, log)
+        result = runner.run_retrieval(trained, settings["data_root"], budget, log, progress)
     else:
         trained = load_trained_encoder(record["encoder"], dropout=settings["dropout"])
         result = runner.run_finetuned_task(
