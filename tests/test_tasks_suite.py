@@ -61,15 +61,18 @@ def write_tiny_data(root, languages=("en", "de"), tasks=("nli", "ner", "pos", "t
     return root
 
 
-TABLES = ["nli", "ner", "pos", "topic", "retrieval_cls_xx_to_en", "retrieval_cls_en_to_xx",
+TABLES = ["nli", "ner", "retrieval_cls_xx_to_en", "retrieval_cls_en_to_xx",
           "retrieval_mean_xx_to_en", "retrieval_mean_en_to_xx"]
 
 
 def test_suite_end_to_end_reuses_and_refuses(tmp_path):
+    # NLI (sentence pairs), NER (words) and retrieval for two encoders; POS and
+    # topic run through the same runner in the next test (CI time).
     config = suite.SuiteConfig(encoders=("tiny:demo", "tiny:demo"),
-                               data_root=write_tiny_data(tmp_path / "data"), budget="tiny",
-                               seeds=2, output_dir=str(tmp_path / "out"), job_processes=False,
-                               replicates=200, progress=False)
+                               data_root=write_tiny_data(tmp_path / "data",
+                                                         tasks=("nli", "ner", "retrieval")),
+                               budget="tiny", seeds=2, output_dir=str(tmp_path / "out"),
+                               job_processes=False, replicates=200, progress=False)
     lines = []
     summary = suite.run_suite(config, log=lines.append)
     out = tmp_path / "out"
@@ -84,8 +87,8 @@ def test_suite_end_to_end_reuses_and_refuses(tmp_path):
     assert nli["difference"]["languages"]["de"]["low"] <= nli["difference"]["languages"]["de"][
         "mean"]
     assert summary["tables"]["retrieval_mean_xx_to_en"]["encoders"][0]["transfer_gap"] is None
-    assert summary["comparison"]["cells"] == 4 * 2 + 4 * 1
-    assert summary["comparison"]["expected_by_chance"] == pytest.approx(0.6)
+    assert summary["comparison"]["cells"] == 2 * 2 + 4 * 1
+    assert summary["comparison"]["expected_by_chance"] == pytest.approx(0.4)
     markdown = (out / "suite.md").read_text(encoding="utf-8")
     assert "transfer gap" in markdown and "non-English average" in markdown
     assert "would pass by chance" in markdown
@@ -97,10 +100,10 @@ def test_suite_end_to_end_reuses_and_refuses(tmp_path):
 
     # Re-run: every job reused, nothing rewritten.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
-    assert len(stamps) == 10
+    assert len(stamps) == 6
     lines.clear()
     suite.run_suite(config, log=lines.append)
-    assert sum("reused" in line for line in lines) == 10
+    assert sum("reused" in line for line in lines) == 6
     assert not any(line.endswith(": running") for line in lines)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == stamps
 
@@ -109,6 +112,25 @@ def test_suite_end_to_end_reuses_and_refuses(tmp_path):
                                                 r"code_version, settings_hash.*seeds"):
         suite.run_suite(dataclasses.replace(config, seeds=1), log=lines.append)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")} == stamps
+
+
+def test_suite_runs_pos_and_topic_from_their_files(tmp_path):
+    config = suite.SuiteConfig(encoders=("tiny:demo",),
+                               data_root=write_tiny_data(tmp_path / "data",
+                                                         languages=("en", "de", "fr"),
+                                                         tasks=("pos", "topic")),
+                               budget="tiny", seeds=1, output_dir=str(tmp_path / "out"),
+                               job_processes=False, replicates=100, progress=False)
+    summary = suite.run_suite(config, log=print)
+    assert list(summary["tables"]) == ["pos", "topic"]
+    assert "comparison" not in summary
+    pos = summary["tables"]["pos"]["encoders"][0]
+    assert set(pos["languages"]) == {"en", "de", "fr"}
+    assert pos["non_english_average"]["mean"] == pytest.approx(
+        (pos["languages"]["de"]["mean"] + pos["languages"]["fr"]["mean"]) / 2)
+    assert summary["tables"]["topic"]["pooling"] == ["mean"]
+    assert summary["tables"]["pos"]["rows"] == {"en": 4, "de": 4, "fr": 4}  # sentences
+    assert (tmp_path / "out" / "topic.png").is_file()
 
 
 def test_pooling_is_selected_on_english_held_out_rows(tmp_path):

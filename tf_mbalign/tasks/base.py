@@ -2,17 +2,19 @@
 
 A task turns files into examples (`find_files`, `read_data`), examples into
 padded-batch-ready rows (`build_inputs`), builds its model and loss
-(`build_model`, `build_losses`), gives a batch's labels (`batch_labels`) and
-evaluates a fine-tuned model as per-row counts of its metric (`evaluate`,
-`tf_mbalign.tasks.intervals`). `tf_mbalign.tasks.runner` runs any task the
+(`build_model`, `build_losses`), names its metric (`build_metrics`), gives a
+batch's labels (`batch_labels`) and evaluates a fine-tuned model as per-row
+counts of that metric (`evaluate`, `tf_mbalign.tasks.intervals`). `tf_mbalign.tasks.runner` runs any task the
 same way: fine-tune on English, test every language, repeat over seeds.
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
+from tf_mbalign.tasks import intervals
 
 
 @dataclasses.dataclass
@@ -59,6 +61,10 @@ class Task:
 
     def build_losses(self, labels, outputs):
         raise NotImplementedError
+
+    def build_metrics(self):
+        """Per-row counts -> the task's metric over those rows (`intervals.METRICS`)."""
+        return functools.partial(intervals.metric_value, self.metric)
 
     def batch_labels(self, encoded, index):
         raise NotImplementedError

@@ -20,7 +20,9 @@ How one cell's interval is computed (a task, a language, S seeds):
    variance of T_1..T_B.
 3. Seed variance: v_seeds = var(m_1..m_S, ddof=1) / S (0 with one seed): the
    spread the fine-tuning seed adds to the mean of S runs.
-4. Interval: m ± 1.96 * sqrt(v_rows + v_seeds) (normal approximation).
+4. Interval: m ± 1.96 * sqrt(v_rows + v_seeds) (normal approximation; the
+   bounds are not clipped to [0, 1], which only matters with a handful of
+   test rows).
 
 Aggregates use the same replicates: the average over non-English languages
 takes, per seed and replicate, the mean of the languages' values (each

@@ -109,6 +109,7 @@ def _run_seeds(task, trained, data, inputs, config, seeds, pooling_rule, initial
                log, progress):
     """Every seed's per-row test counts; seed 0 also picks the pooling under "select"."""
     pad_id = trained.tokenizer.pad_id
+    metric = task.build_metrics()
     candidates = _candidate_poolings(task, pooling_rule, data)
     row_stats = {lang: [] for lang in inputs["tests"]}
     losses, selection, chosen, steps = [], {}, candidates[0], 0
@@ -120,8 +121,8 @@ def _run_seeds(task, trained, data, inputs, config, seeds, pooling_rule, initial
             tuner, run_losses, steps = _fine_tune(task, trained, data, inputs["train"], pooling,
                                                   config, seed, initial_weights, progress)
             if len(candidates) > 1:
-                selection[pooling] = metric_value(
-                    task.metric, task.evaluate(tuner, inputs["select"], data.labels, pad_id))
+                selection[pooling] = metric(
+                    task.evaluate(tuner, inputs["select"], data.labels, pad_id))
             results[pooling] = (run_losses, _test_every_language(
                 task, tuner, inputs["tests"], data.labels, pad_id, progress))
         if number == 0 and len(candidates) > 1:
@@ -132,7 +133,7 @@ def _run_seeds(task, trained, data, inputs, config, seeds, pooling_rule, initial
         for lang, counts in stats.items():
             row_stats[lang].append(counts)
         log(f"[{task.name}] seed {seed}: " + " ".join(
-            f"{lang}={metric_value(task.metric, counts):.3f}" for lang, counts in stats.items()))
+            f"{lang}={metric(counts):.3f}" for lang, counts in stats.items()))
     return {"row_stats": row_stats, "losses": losses, "selection": selection,
             "pooling": chosen, "steps": steps}
 
