@@ -78,3 +78,20 @@ def test_topic_test_category_unseen_in_training_is_named(tmp_path):
     assert files["select"] is None and list(files["tests"]) == ["de"]
     with pytest.raises(ValueError, match=r"test-de.tsv:2: label 'health' does not occur"):
         task.read_data(files, TINY.task("topic"))
+
+
+def test_real_files_parse(shared_data):
+    from tf_mbalign.tasks import budgets, registry
+
+    for name, task in registry.TASKS.items():
+        files = task.find_files(shared_data)
+        if files is None:
+            continue
+        assert "en" in files["tests"] and len(files["tests"]) > 1, name
+        data = task.read_data(files, budgets.CPU.task(name))
+        limit = budgets.CPU.task(name).max_train_examples
+        assert len(data.train) == (limit or len(data.train))
+        assert all(len(rows) > 0 for rows in data.tests.values())
+    ner = registry.TASKS["ner"].read_data(registry.TASKS["ner"].find_files(shared_data),
+                                          budgets.TINY.task("ner"))
+    assert ner.labels == ("B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O")

@@ -113,6 +113,25 @@ def markdown_table(name, table, labels):
     return "\n".join(lines) + "\n"
 
 
+def overview_table(tables, labels):
+    """One row per table: non-English averages and transfer gaps (and their differences)."""
+    header = ["", *(f"{label}: avg ≠en" for label in labels),
+              *(f"{label}: gap" for label in labels)]
+    if len(labels) == 2:
+        header += ["Δ avg ≠en", "Δ gap"]
+    lines = ["## Overview (×100, mean [95% interval])", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, table in tables.items():
+        encoders = table["encoders"]
+        cells = [_cell(e["non_english_average"]) for e in encoders]
+        cells += [_cell(e["transfer_gap"]) for e in encoders]
+        if "difference" in table:
+            cells += [_cell(table["difference"][key], signed=True)
+                      for key in ("non_english_average", "transfer_gap")]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(summary, labels):
     encoders = ", ".join(f"{e['label']} = `{e['encoder']}`" for e in summary["encoders"])
     lines = [
@@ -131,6 +150,7 @@ def markdown(summary, labels):
             f"moved beyond their 95% interval** ({', '.join(comparison['moved']) or 'none'}). "
             f"If nothing had changed, about {comparison['expected_by_chance']:.1f} would pass "
             f"by chance (up to {comparison['chance_upper_95']} with 95% probability).", ""]
+    lines += [overview_table(summary["tables"], labels), "![summary](summary.png)", ""]
     for name, table in summary["tables"].items():
         lines += [markdown_table(name, table, labels), f"![{name}]({name}.png)", ""]
     lines += ["## Wall time (s)", "", "| job | " + " | ".join(labels) + " |",
@@ -162,7 +182,7 @@ def _bars(axis, rows, series, names):
         axis.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=errors, capsize=2,
                  label=name)
     axis.set_xticks(x)
-    axis.set_xticklabels(rows, rotation=30)
+    axis.set_xticklabels(rows, rotation=20, ha="right")
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize="small")
 
@@ -192,15 +212,27 @@ def plot_table(name, table, labels, path):
 
 
 def plot_summary(summaries, labels, path):
-    """Non-English averages and transfer gaps of every table, per encoder."""
+    """Non-English averages and transfer gaps per table; with two encoders, their differences."""
     plt = _pyplot()
-    names = [n for n, s in summaries.items() if s["encoders"][0]["non_english_average"]]
-    figure, axes = plt.subplots(2, 1, figsize=(11, 7.2), squeeze=False)
-    for axis, key, title in ((axes[0, 0], "non_english_average", "non-English average"),
-                             (axes[1, 0], "transfer_gap", "transfer gap (en − average)")):
-        _bars(axis, names, [[s["encoders"][i][key] for s in map(summaries.get, names)]
+    panels = [("non_english_average", "non-English average")]
+    panels.append(("transfer_gap", "transfer gap (en − average)"))
+    compared = len(labels) == 2
+    figure, axes = plt.subplots(len(panels) * (2 if compared else 1), 1,
+                                figsize=(11, 3.6 * len(panels) * (2 if compared else 1)),
+                                squeeze=False)
+    axes = iter(axes[:, 0])
+    for key, title in panels:
+        names = [n for n, s in summaries.items() if s["encoders"][0][key] is not None]
+        axis = next(axes)
+        _bars(axis, names, [[summaries[n]["encoders"][i][key] for n in names]
                             for i in range(len(labels))], labels)
         axis.set_title(f"{title} (×{SCALE:g}), 95% intervals")
+        if compared:
+            axis = next(axes)
+            _bars(axis, names, [[summaries[n]["difference"][key] for n in names]],
+                  [f"{labels[1]} − {labels[0]}"])
+            axis.axhline(0.0, color="black", linewidth=0.8)
+            axis.set_title(f"difference of the {title} (×{SCALE:g}), 95% intervals")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
