@@ -164,6 +164,7 @@ def test_command_line_suite_runs_jobs_in_processes_and_refuses_other_settings(tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "suite.md").is_file()
     assert (tmp_path / "out" / "tiny_demo" / "retrieval.json").is_file()
+    assert not (tmp_path / "out" / "tiny_demo" / "retrieval.job.json").exists()
     refused = run_module([*args, "--budget=cpu"])
     assert refused.returncode == 2
     assert "retrieval.json was made with another" in refused.stderr

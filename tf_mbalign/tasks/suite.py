@@ -183,6 +183,7 @@ def _run_job_in_subprocess(record, path, progress):
     if process.returncode != 0:
         raise RuntimeError(f"{record['task']} on {record['encoder']} failed (exit "
                            f"{process.returncode}); finished jobs are kept; re-run to resume.")
+    os.remove(spec_path)
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -226,6 +227,7 @@ def run_suite(config, log=print):
             else run_job(record, path, config.progress, log))
         log(f"{prefix}: {finished[(label, name)]['wall_seconds']:.0f} s")
     labels = encoder_labels(config.encoders)
-    results = {label: {name: finished[(label, name)] for l2, name, _, _ in jobs if l2 == label}
+    results = {label: {name: finished[(label, name)]
+                       for job_label, name, _, _ in jobs if job_label == label}
                for label in labels}
     return suite_report.write_suite_report(results, labels, config, log)
