@@ -13,6 +13,14 @@ translate-train, code-switch) and MLQA (zero-shot, code-switch) for both
 encoders with the same seeds and flags (configs/xnli.flags,
 configs/mlqa.flags), one process per job; a finished job's JSON is kept, so
 re-running resumes. It writes side-by-side reports and summary.md.
+
+  python -m tf_mbalign.evaluate suite --encoder=A [--against=B] \
+      [--data_root=DIR] --budget=cpu|full --seeds=N [--output_dir=results/suite]
+
+`suite` runs the zero-shot transfer suite (tf_mbalign/tasks/suite.py): every
+task whose files are under --data_root (nli/ + xnli/, panx/, udpos/,
+sib200/), plus retrieval with [CLS] and mean pooling, with 95% intervals and,
+with --against, the paired differences B - A. `compare` is kept as it was.
 """
 
 from tf_mbalign import runtime
@@ -29,7 +37,7 @@ from absl import app, flags  # noqa: E402
 from tf_mbalign.atomic_files import write_json_atomic, write_text_atomic  # noqa: E402
 from tf_mbalign.data.data_root import default_data_root  # noqa: E402
 
-COMMANDS = ("retrieval", "compare")
+COMMANDS = ("retrieval", "compare", "suite")
 
 _ENCODER = flags.DEFINE_string("encoder", None, "retrieval: export dir, run dir, or --encoder "
                                "value (e5-small, HF dir, preset:NAME, tiny:demo).")
@@ -160,12 +168,38 @@ def run_compare():
     print(f"wrote {os.path.join(out, 'summary.md')}")
 
 
+_AGAINST = flags.DEFINE_string("against", "", "suite: a second encoder, compared against "
+                               "--encoder (differences are against minus encoder).")
+_BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "full", "tiny"], "suite: data and "
+                            "schedule per task (tf_mbalign/tasks/budgets.py).")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "suite: fine-tuning seeds per task (0 .. N-1).")
+_JOB_PROCESSES = flags.DEFINE_boolean("job_processes", True, "suite: each job in its own "
+                                      "process (false: all in this one).")
+_QUIET = flags.DEFINE_boolean("quiet", False, "suite: no progress bars.")
+
+
+def run_suite_command():
+    """Every task of the suite for --encoder (and --against); resumable."""
+    from tf_mbalign.tasks.suite import SuiteConfig, run_suite
+
+    if not _ENCODER.value:
+        raise ValueError("suite needs --encoder")
+    output_dir = _OUTPUT.value if _OUTPUT.value != "results" else os.path.join("results", "suite")
+    config = SuiteConfig(
+        encoders=tuple(spec for spec in (_ENCODER.value, _AGAINST.value) if spec),
+        data_root=data_root(), budget=_BUDGET.value, seeds=_SEEDS.value, output_dir=output_dir,
+        job_processes=_JOB_PROCESSES.value, progress=not _QUIET.value)
+    run_suite(config)
+
+
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m tf_mbalign.evaluate {{{'|'.join(COMMANDS)}}} "
                              "[flags]")
     try:
-        run_retrieval() if argv[1] == "retrieval" else run_compare()
+        commands = {"retrieval": run_retrieval, "compare": run_compare,
+                    "suite": run_suite_command}
+        commands[argv[1]]()
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,0 +1,197 @@
+"""The shared runner: fine-tune on English, test every language, repeat over seeds.
+
+`run_finetuned_task` works for any `Task` (`tf_mbalign.tasks.base`);
+`run_retrieval` scores Tatoeba-style retrieval with [CLS] and mean pooling.
+Both return a job's `tables`: {table name: {"metric", "pooling",
+"languages": {language: {"values": [per seed], "row_stats": [per seed:
+[[count, ...] per test row]], "rows", "file"}}}}, the raw material of
+`tf_mbalign.tasks.intervals`.
+"""
+
+import dataclasses
+import os
+
+import keras
+import numpy as np
+
+from tf_mbalign.data.dynamic_padding import pad_rows
+from tf_mbalign.evaluation.retrieval import read_bitext_dir
+from tf_mbalign.evaluation.sentence_embedding import SentenceEmbedder
+from tf_mbalign.modeling.pooled_classifier import POOLINGS
+from tf_mbalign.tasks.intervals import metric_value
+from tf_mbalign.training.finetuning import FinetuneConfig, FineTuner, loss_summary, start_seed
+
+
+def finetune_config(task_budget, dropout):
+    return FinetuneConfig(learning_rate=task_budget.learning_rate,
+                          head_learning_rate=task_budget.head_learning_rate,
+                          batch_size=task_budget.batch_size, epochs=task_budget.epochs,
+                          dropout=dropout)
+
+
+def _max_length(trained, task_budget):
+    positions = trained.encoder.get_config().get("max_sequence_length") or 512
+    return min(task_budget.max_seq_length, positions)
+
+
+def _candidate_poolings(task, pooling, data):
+    if not task.uses_pooling:
+        return [None]
+    if pooling != "select":
+        return [pooling]
+    if not data.select:
+        raise ValueError(f"{task.name}: --budget asks to select the pooling on English "
+                         "held-out rows, but the task has no selection file.")
+    return list(POOLINGS)
+
+
+def _fine_tune(task, trained, data, train, pooling, config, seed, initial_weights, progress):
+    """One seed's fine-tuned `FineTuner` and its losses."""
+    tokenizer, rng = start_seed(seed, trained.encoder, initial_weights, trained.tokenizer)
+    trained.tokenizer = tokenizer
+    model = task.build_model(trained.encoder, len(data.labels), pooling, config.dropout)
+    steps = config.total_steps(len(train.rows))
+    tuner = FineTuner(model, task.build_losses, config, steps,
+                      pad_rows(train.rows[:2], tokenizer.pad_id))
+    losses = tuner.fit(train.rows, lambda index: task.batch_labels(train, index),
+                       tokenizer.pad_id, steps, rng, progress)
+    return tuner, losses, steps
+
+
+def run_finetuned_task(task, trained, files, budget, seeds, dropout=0.1, log=print,
+                       progress=True):
+    """Fine-tunes `trained.encoder` per seed on English and tests every language.
+
+    Args:
+        task: a `Task`.
+        trained: a `TrainedEncoder` (`tf_mbalign.evaluation.trained_encoders`).
+        files: the task's `find_files` result.
+        budget: a `Budget` (`tf_mbalign.tasks.budgets`).
+        seeds: fine-tuning seeds.
+        dropout: encoder and head dropout while fine-tuning.
+        log: callable taking a line of text.
+        progress: show a progress bar while fine-tuning.
+
+    Returns:
+        {"tables": {task.name: ...}, "training": {...}, "pooling_selection": ...}
+    """
+    task_budget = budget.task(task.name)
+    data = task.read_data(files, task_budget)
+    max_length = _max_length(trained, task_budget)
+
+    def encode(examples):
+        return task.build_inputs(examples, data.labels, trained.tokenizer, max_length)
+
+    inputs = {"train": encode(data.train), "select": encode(data.select) if data.select else None,
+              "tests": {lang: encode(examples) for lang, examples in data.tests.items()}}
+    config = finetune_config(task_budget, dropout)
+    initial_weights = trained.encoder.get_weights()
+    try:
+        runs = _run_seeds(task, trained, data, inputs, config, seeds, budget.pooling,
+                          initial_weights, log, progress)
+    finally:
+        trained.encoder.set_weights(initial_weights)
+    table = {"metric": task.metric, "pooling": runs["pooling"], "languages": {
+        lang: _cell(counts, task.metric, files["tests"][lang])
+        for lang, counts in runs["row_stats"].items()}}
+    selection = runs["selection"]
+    return {
+        "tables": {task.name: table},
+        "training": {"examples": len(inputs["train"].rows), "steps": runs["steps"],
+                     "labels": list(data.labels), "loss": loss_summary(runs["losses"]),
+                     "finetune": dataclasses.asdict(config), "max_seq_length": max_length},
+        "pooling_selection": ({"on": files["select"], "rows": len(inputs["select"].rows),
+                               "scores": selection} if selection else None),
+    }
+
+
+def _run_seeds(task, trained, data, inputs, config, seeds, pooling_rule, initial_weights,
+               log, progress):
+    """Every seed's per-row test counts; seed 0 also picks the pooling under "select"."""
+    pad_id = trained.tokenizer.pad_id
+    metric = task.build_metrics()
+    candidates = _candidate_poolings(task, pooling_rule, data)
+    row_stats = {lang: [] for lang in inputs["tests"]}
+    losses, selection, chosen, steps = [], {}, candidates[0], 0
+    for number, seed in enumerate(seeds):
+        results = {}
+        for pooling in (candidates if number == 0 else [chosen]):
+            log(f"[{task.name}] seed {seed}" + (f", {pooling} pooling" if pooling else "")
+                + f": fine-tuning on {len(inputs['train'].rows)} English examples")
+            tuner, run_losses, steps = _fine_tune(task, trained, data, inputs["train"], pooling,
+                                                  config, seed, initial_weights, progress)
+            if len(candidates) > 1:
+                selection[pooling] = metric(
+                    task.evaluate(tuner, inputs["select"], data.labels, pad_id))
+            results[pooling] = (run_losses, _test_every_language(
+                task, tuner, inputs["tests"], data.labels, pad_id, progress))
+        if number == 0 and len(candidates) > 1:
+            chosen = max(candidates, key=lambda p: selection[p])
+            log(f"[{task.name}] pooling chosen on English held-out rows: {chosen} {selection}")
+        run_losses, stats = results[chosen]
+        losses.append(run_losses)
+        for lang, counts in stats.items():
+            row_stats[lang].append(counts)
+        log(f"[{task.name}] seed {seed}: " + " ".join(
+            f"{lang}={metric(counts):.3f}" for lang, counts in stats.items()))
+    return {"row_stats": row_stats, "losses": losses, "selection": selection,
+            "pooling": chosen, "steps": steps}
+
+
+def _test_every_language(task, tuner, tests, labels, pad_id, progress):
+    """{language: per-row counts}, with a progress bar over the languages."""
+    bar = keras.utils.Progbar(len(tests), verbose=int(progress), unit_name="language")
+    counts = {}
+    for lang, rows in tests.items():
+        counts[lang] = task.evaluate(tuner, rows, labels, pad_id)
+        bar.add(1)
+    return counts
+
+
+def _cell(counts_per_seed, metric, path):
+    return {"values": [metric_value(metric, c) for c in counts_per_seed],
+            "row_stats": [np.asarray(c).tolist() for c in counts_per_seed],
+            "rows": len(counts_per_seed[0]), "file": path}
+
+
+def retrieval_files(data_root):
+    directory = os.path.join(data_root, "tatoeba")
+    try:
+        return {"tests": {lang: os.path.join(directory, f"{lang}-en.{lang}")
+                          for lang in read_bitext_dir(directory)}}
+    except FileNotFoundError:
+        return None
+
+
+def retrieval_counts(foreign_vectors, english_vectors):
+    """{"xx_to_en", "en_to_xx"}: per-row (correct, 1) of top-1 cosine retrieval."""
+    similarity = foreign_vectors @ english_vectors.T
+    gold = np.arange(len(foreign_vectors))
+    counts = {}
+    for direction, axis in (("xx_to_en", 1), ("en_to_xx", 0)):
+        correct = (np.argmax(similarity, axis=axis) == gold).astype(np.int64)
+        counts[direction] = np.stack([correct, np.ones_like(correct)], axis=1)
+    return counts
+
+
+def run_retrieval(trained, data_root, budget, log=print, progress=True):
+    """Top-1 retrieval, XX->en and en->XX, with [CLS] and with mean pooling (last layer)."""
+    data = read_bitext_dir(os.path.join(data_root, "tatoeba"), None,
+                           budget.retrieval_max_pairs or None)
+    tables = {}
+    for pooling in POOLINGS:
+        embedder = SentenceEmbedder(trained.encoder, trained.tokenizer, pooling, -1,
+                                    budget.retrieval_max_length)
+        bar = keras.utils.Progbar(len(data), verbose=int(progress), unit_name="language")
+        for lang, bitext in data.items():
+            path = os.path.join(data_root, "tatoeba", f"{lang}-en.{lang}")
+            counts = retrieval_counts(embedder(bitext.foreign), embedder(bitext.english))
+            for direction, rows in counts.items():
+                table = tables.setdefault(f"retrieval_{pooling}_{direction}", {
+                    "metric": "accuracy", "pooling": pooling, "languages": {}})
+                table["languages"][lang] = _cell([rows], "accuracy", path)
+            bar.add(1)
+        log(f"[retrieval] {pooling}: " + " ".join(
+            f"{lang}={cell['values'][0]:.3f}"
+            for lang, cell in tables[f"retrieval_{pooling}_xx_to_en"]["languages"].items()))
+    return {"tables": tables, "training": None, "pooling_selection": None}
