@@ -95,7 +95,7 @@ def tokenizer(tmp_path):
 
 
 def test_sub_word_split_labels_and_reads_the_first_piece(tokenizer):
-    from tf_mbalign.modeling.token_classifier import IGNORED
+    from tf_mbalign.modeling.classifiers import IGNORED
     from tf_mbalign.tasks.tagging_tasks import NerTask, encode_words
 
     labels = ("B-LOC", "B-PER", "I-LOC", "O")

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tf_mbalign.modeling.encoders import tiny_encoder
-from tf_mbalign.modeling.pooled_classifier import PooledClassifier
-from tf_mbalign.modeling.token_classifier import IGNORED, TokenClassifier, masked_token_loss
+from tf_mbalign.modeling.classifiers import PooledClassifier
+from tf_mbalign.modeling.classifiers import IGNORED, TokenClassifier, masked_token_loss
 
 
 def test_masked_token_loss_reads_only_labelled_positions():

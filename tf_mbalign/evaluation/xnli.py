@@ -31,13 +31,14 @@ from tf_mbalign.data.code_switching import code_switch
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
 from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.data.pair_packing import truncate_pair_lengths
+from tf_mbalign.data.tsv_files import NLI_LABELS, nli_rows
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
-from tf_mbalign.modeling.sentence_pair_classifier import SentencePairClassifier
+from tf_mbalign.modeling.classifiers import PooledClassifier
 from tf_mbalign.training.finetuning import (SeedRun, classification_loss, fine_tune,
                                             run_per_seed)
 
-LABELS = ("entailment", "neutral", "contradiction")
+LABELS = NLI_LABELS
 SETTINGS = ("zero_shot", "translate_train", "code_switch")
 _FILES = FileLayout(re.compile(r"^(?P<split>dev|train|test)-(?P<language>[A-Za-z_-]+)\.tsv$"),
                     "dev-XX.tsv (or train-XX.tsv and test-XX.tsv)",
@@ -58,23 +59,8 @@ class NliData:
 
 
 def _read_tsv(path):
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) != 3:
-                raise ValueError(f"{path}:{number}: expected premise<TAB>hypothesis<TAB>label, "
-                                 f"found {len(fields)} field(s).")
-            premise, hypothesis, label = fields
-            if label not in LABELS:
-                raise ValueError(f"{path}:{number}: label {label!r} is not one of {LABELS}.")
-            if not premise.strip() or not hypothesis.strip():
-                raise ValueError(f"{path}:{number}: empty premise or hypothesis.")
-            rows.append((premise, hypothesis, LABELS.index(label), f"{path}:{number}"))
-    return rows
+    return [(premise, hypothesis, LABELS.index(label), source)
+            for premise, hypothesis, label, source in nli_rows(path, LABELS)]
 
 
 def read_xnli_dir(data_dir, languages=None):
@@ -265,8 +251,8 @@ def _fine_tune(encoder, tokenizer, data, config, finetune, rng, progress):
     rows = encode_pairs(tokenizer, [e[0] for e in examples], [e[1] for e in examples],
                         config.max_seq_length)
     labels = np.array([e[2] for e in examples], np.int32)
-    model = SentencePairClassifier(encoder, num_classes=len(LABELS), dropout=finetune.dropout,
-                                   name="xnli_classifier")
+    model = PooledClassifier(encoder, num_classes=len(LABELS), pooling="cls",
+                             dropout=finetune.dropout, name="xnli_classifier")
     tuner, losses = fine_tune(model, classification_loss, finetune, rows,
                               lambda index: labels[index], tokenizer.pad_id, rng, progress)
     return tuner, losses, len(rows)

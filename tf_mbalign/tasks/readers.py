@@ -13,7 +13,8 @@ import dataclasses
 import os
 import re
 
-NLI_LABELS = ("entailment", "neutral", "contradiction")
+from tf_mbalign.data.tsv_files import NLI_LABELS, nli_rows, tsv_fields, tsv_lines
+
 _ENTITY_TAG = re.compile(r"^(O|[BI]-\S+)$")
 _ANY_TAG = re.compile(r"^\S+$")
 _LANGUAGE_FILE = re.compile(r"^(test|dev)-([A-Za-z][A-Za-z_-]*)\.tsv$")
@@ -42,39 +43,16 @@ class TopicExample:
     source: str
 
 
-def _lines(path):
-    """(line number, line without its end) of a UTF-8 file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file.")
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, line in enumerate(f, 1):
-            yield number, line.rstrip("\n").rstrip("\r")
-
-
 def read_pairs(path, labels=NLI_LABELS):
     """[PairExample] of a premise/hypothesis/label TSV."""
-    examples = []
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise ValueError(f"{path}:{number}: expected premise<TAB>hypothesis<TAB>label, "
-                             f"found {len(fields)} field(s).")
-        premise, hypothesis, label = fields
-        if label not in labels:
-            raise ValueError(f"{path}:{number}: label {label!r} is not one of {labels}.")
-        if not premise.strip() or not hypothesis.strip():
-            raise ValueError(f"{path}:{number}: empty premise or hypothesis.")
-        examples.append(PairExample(premise, hypothesis, label, f"{path}:{number}"))
-    return _non_empty(examples, path)
+    return _non_empty([PairExample(*row) for row in nli_rows(path, labels)], path)
 
 
 def read_tagged(path, entity_tags=False):
     """[TaggedSentence] of a `token<TAB>tag` file; `entity_tags`: tags are O / B-X / I-X."""
     pattern = _ENTITY_TAG if entity_tags else _ANY_TAG
     sentences, words, tags, start = [], [], [], 0
-    for number, line in _lines(path):
+    for number, line in tsv_lines(path):
         if not line.strip():
             if words:
                 sentences.append(TaggedSentence(tuple(words), tuple(tags), f"{path}:{start}"))
@@ -102,13 +80,7 @@ def read_tagged(path, entity_tags=False):
 def read_topics(path):
     """[TopicExample] of an `index_id<TAB>category<TAB>text` file."""
     examples = []
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise ValueError(f"{path}:{number}: expected index_id<TAB>category<TAB>text, "
-                             f"found {len(fields)} field(s).")
+    for number, fields in tsv_fields(path, _TOPIC_HEADER):
         if number == 1 and tuple(fields) == _TOPIC_HEADER:
             continue
         _, category, text = fields

@@ -17,7 +17,7 @@ import numpy as np
 from tf_mbalign.data.dynamic_padding import pad_rows
 from tf_mbalign.evaluation.retrieval import read_bitext_dir
 from tf_mbalign.evaluation.sentence_embedding import SentenceEmbedder
-from tf_mbalign.modeling.pooled_classifier import POOLINGS
+from tf_mbalign.modeling.pooling import POOLINGS
 from tf_mbalign.tasks.intervals import metric_value
 from tf_mbalign.training.finetuning import FinetuneConfig, FineTuner, loss_summary, start_seed
 

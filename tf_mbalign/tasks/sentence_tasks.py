@@ -16,9 +16,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_mbalign.data.tlm_masking import truncate_pair_lengths
+from tf_mbalign.data.pair_packing import truncate_pair_lengths
 from tf_mbalign.evaluation.sentence_embedding import encode_single, tokenize_sentences
-from tf_mbalign.modeling.pooled_classifier import PooledClassifier
+from tf_mbalign.modeling.classifiers import PooledClassifier
 from tf_mbalign.tasks import readers
 from tf_mbalign.tasks.base import (EncodedRows, Task, TaskData, predict_batches, test_subset,
                                    training_subset)

@@ -35,7 +35,7 @@ import time
 
 import tf_mbalign
 from tf_mbalign.tasks import budgets
-from tf_mbalign.training.checkpointing import write_text_atomic
+from tf_mbalign.atomic_files import write_text_atomic
 
 RETRIEVAL = "retrieval"
 FINETUNE_DROPOUT = 0.1

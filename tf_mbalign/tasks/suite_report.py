@@ -17,7 +17,7 @@ import numpy as np
 
 import tf_mbalign
 from tf_mbalign.tasks import intervals
-from tf_mbalign.training.checkpointing import write_text_atomic
+from tf_mbalign.atomic_files import write_text_atomic
 
 SCALE = 100.0
 AGGREGATES = (("non_english_average", "non-English average"), ("transfer_gap", "transfer gap"))

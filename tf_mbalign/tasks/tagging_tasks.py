@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
-from tf_mbalign.modeling.token_classifier import IGNORED, TokenClassifier, masked_token_loss
+from tf_mbalign.modeling.classifiers import IGNORED, TokenClassifier, masked_token_loss
 from tf_mbalign.tasks import readers, tagging_metrics
 from tf_mbalign.tasks.base import (EncodedRows, Task, TaskData, padded_width, predict_batches,
                                    test_subset, training_subset)
