@@ -91,6 +91,7 @@ def test_preempted_run_writes_the_summary_and_moco_is_null_while_the_queue_is_em
     assert written["metrics"]["encoder"]["start"]["steps"] == "1-1"
     assert written["metrics"]["encoder"]["start"]["moco_loss"] is None
     assert written["metrics"]["encoder"]["end"]["steps"] == "3-3"
+    assert written["metrics"]["encoder"]["end"]["queue_fill"] == 16
     assert "# Run summary: preempted" in markdown and "moco_loss n/a" in markdown
 
 
@@ -133,6 +134,7 @@ def test_phase_windows_average_the_first_and_last_records_of_each_phase():
     assert start["steps"] == "1-10" and start["loss"] == 5.5
     assert start["moco_loss"] == 2.0  # step 1's None left out
     assert end["steps"] == "21-30" and end["loss"] == 25.5
+    assert end["queue_fill"] is None  # these records log none
     # Records of several steps (steps_per_loop > 1) cover them all.
     two = [{"step": 2 * i, "phase": "head_warmup", "loss": 1.0, "batch_fingerprints": ["a", "b"]}
            for i in range(1, 4)]

@@ -135,12 +135,14 @@ def phase_windows(records):
 
 def window_mean(records):
     """Means of `WINDOW_METRICS` over `records` (None values left out; None
-    when all are), and the steps they cover."""
+    when all are), the steps they cover and the queue fill at the window's
+    end (MoCo's loss grows with the negatives it meets)."""
     first_step = records[0]["step"] - _steps_in(records[0]) + 1
     means = {"steps": f"{first_step}-{records[-1]['step']}"}
     for name in WINDOW_METRICS:
         values = [r[name] for r in records if r.get(name) is not None]
         means[name] = round(sum(values) / len(values), 4) if values else None
+    means["queue_fill"] = records[-1].get("queue_fill")
     return means
 
 
@@ -274,6 +276,7 @@ def _window_text(window):
     for name in WINDOW_METRICS:
         value = window[name]
         parts.append(f"{name} {'n/a' if value is None else f'{value:.3f}'}")
+    parts.append(f"queue {window['queue_fill']}")
     return " ".join(parts)
 
 
