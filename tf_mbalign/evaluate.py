@@ -163,7 +163,7 @@ def run_compare():
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m tf_mbalign.evaluate {{{'|'.join(COMMANDS)}}} "
-                             "[flags]")
+                             "[flags]", exitcode=runtime.BAD_FLAGS_EXIT_CODE)
     try:
         run_retrieval() if argv[1] == "retrieval" else run_compare()
     except (FileNotFoundError, ValueError, RuntimeError) as error:
@@ -173,7 +173,9 @@ def main(argv):
 
 
 def run_main():
-    app.run(main)
+    # --help exits 0, flag errors exit 2 (absl alone exits 1 for both).
+    app.run(main, flags_parser=runtime.flags_parser(
+        lambda: __doc__.strip() + "\n\n" + flags.FLAGS.main_module_help()))
 
 
 if __name__ == "__main__":
