@@ -14,7 +14,8 @@ The pieces of a run, each in its own module:
   non-finite step);
 - `MetricsSinks` (`metrics_sinks.py`): metrics.jsonl, TensorBoard, progress;
 - `TrainingCallback`s (`callbacks.py`): what the binary plugs in
-  (in-training retrieval, the end-of-run export);
+  (in-training retrieval, the end-of-run export, the run summary); every
+  stop, finished, preempted or failed, ends with their `on_run_stop`;
 - `PreemptionWatcher` (`preemption.py`): SIGTERM saves at the next loop
   boundary on every worker and stops; `run()` then returns with
   `self.preempted` set;
