@@ -167,6 +167,14 @@ def checkpoint_values(prefix):
             if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
 
 
+def _loss_difference(value, reference):
+    """Relative to the loss (losses are ~1-10; below 1 it is absolute); a
+    MoCo loss logged as None (empty queue) must be None in both runs."""
+    if value is None or reference is None:
+        return 0.0 if value is reference else float("inf")
+    return abs(value - reference) / max(1.0, abs(reference))
+
+
 def compare_runs(reference_dir, killed_dir, total_steps):
     """Per-step and final-state differences of two runs of `total_steps`."""
     import numpy as np
@@ -174,8 +182,7 @@ def compare_runs(reference_dir, killed_dir, total_steps):
     reference, resumed = read_metrics(reference_dir), read_metrics(killed_dir)
     steps = [r["step"] for r in resumed]
     by_step = {r["step"]: r for r in reference}
-    # Relative to the loss (losses are ~1-10; below 1 it is absolute).
-    loss_diff = max(abs(r[k] - by_step[r["step"]][k]) / max(1.0, abs(by_step[r["step"]][k]))
+    loss_diff = max(_loss_difference(r[k], by_step[r["step"]][k])
                     for r in resumed for k in ("loss", "tlm_loss", "moco_loss"))
     fingerprints = [f for r in resumed for f in r["batch_fingerprints"]]
     expected = [f for r in reference for f in r["batch_fingerprints"]]

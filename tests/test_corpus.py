@@ -181,6 +181,69 @@ def test_wrong_tab_count_names_file_and_line(tmp_path, bad_line, tabs):
     assert f"found {tabs} tabs" in message
 
 
+def test_missing_tab_says_what_is_missing(tmp_path):
+    path = _write(tmp_path / "en-de.tsv", "ok\tgut\njust one sentence\n")
+    with pytest.raises(CorpusError) as info:
+        corpus_lib.read_tsv(path)
+    message = str(info.value)
+    assert f"{path}:2: " in message
+    assert "the tab and the translation after it are missing" in message
+    assert "Remove tabs" not in message and "Replace tabs" not in message
+
+
+def test_extra_tab_says_a_sentence_holds_one(tmp_path):
+    path = _write(tmp_path / "en-de.tsv", "a\tb\tc\n")
+    with pytest.raises(CorpusError, match=r"found 2 tabs: a sentence holds a tab"):
+        corpus_lib.read_tsv(path)
+
+
+def test_line_aligned_english_file_with_tabs_suggests_the_tsv_form(tmp_path):
+    english = _write(tmp_path / "en-de.tsv", "Hello\tHallo\nNight\tNacht\n")
+    other = _write(tmp_path / "en-fr.tsv", "Hello\tBonjour\nNight\tNuit\n")
+    with pytest.raises(CorpusError) as info:
+        corpus_lib.read_line_aligned(english, other)
+    message = str(info.value)
+    assert f"{english}:1: a tab in the English file of a line-aligned pair" in message
+    assert f"--corpus={english}" in message and "TSV" in message
+
+
+def test_comma_list_of_tsv_files_reads_each_with_its_language(tmp_path):
+    german = _write(tmp_path / "en-de.tsv", "Hello\tHallo\nNight\tNacht\n")
+    french = _write(tmp_path / "en-fr.tsv", "Hello\tBonjour\n")
+    corpus = corpus_lib.read_corpus(f"{german},{french}")
+    assert corpus.languages == ["de", "fr"]
+    assert corpus.language_counts() == {"de": 2, "fr": 1}
+    assert corpus.other == ["Hallo", "Nacht", "Bonjour"]
+    assert corpus.sources == [f"{german}:1", f"{german}:2", f"{french}:1"]
+    assert corpus.stats.files == [german, french]
+    assert corpus.unnamed_language_warning() is None
+
+
+def test_comma_list_of_three_non_tsv_files_is_refused(tmp_path):
+    paths = [_write(tmp_path / f"a.{x}", "one\n") for x in ("en", "de", "fr")]
+    with pytest.raises(CorpusError, match=r"a comma list is either TSV files .* or exactly two"):
+        corpus_lib.read_corpus(",".join(paths))
+
+
+def test_line_aligned_language_from_the_file_extensions(tmp_path):
+    english = _write(tmp_path / "train.en", "one\n")
+    german = _write(tmp_path / "train.de", "eins\n")
+    assert corpus_lib.read_corpus(f"{english},{german}").languages == ["de"]
+    assert corpus_lib.line_aligned_language("a.en", "a.zh_Hant") == "zh_Hant"
+    assert corpus_lib.line_aligned_language("a.txt", "b.txt") == "xx"
+    assert corpus_lib.line_aligned_language("a.en", "b.de") == "xx"  # not one NAME
+    assert corpus_lib.line_aligned_language("a.en", "a.txt") == "xx"
+
+
+def test_unknown_language_warns_how_to_name_the_files(tmp_path):
+    path = _write(tmp_path / "pairs.tsv", "Hello\tBonjour\n")
+    warning = corpus_lib.read_tsv(path).unnamed_language_warning()
+    assert f"{path}: the language of 1 pairs is unknown ('xx')" in warning
+    assert "en-XX.tsv (e.g. en-de.tsv)" in warning and "NAME.en and NAME.XX" in warning
+    named = _write(tmp_path / "en-fr.tsv", "Hello\tBonjour\n")
+    assert corpus_lib.read_tsv(named).unnamed_language_warning() is None
+
+
 def test_invalid_utf8_names_file_and_line(tmp_path):
     data = "ok\tgut\nfine\tfein\n".encode("utf-8") + b"caf\xe9\tCaf\xc3\xa9\nlast\tletzte\n"
     path = _write(tmp_path / "en-fr.tsv", data)

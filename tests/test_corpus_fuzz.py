@@ -241,10 +241,13 @@ def test_line_aligned_reader_reads_by_the_rules_or_names_file_and_line(files):
             for number, line in raw:
                 try:
                     decoded[side].append(line.decode("utf-8"))
+                    problem = "a tab" if side == 0 and "\t" in decoded[side][-1] else None
                 except UnicodeDecodeError:
+                    problem = "invalid UTF-8"
+                if problem:
                     # Both files are read in step: the error at the smaller
                     # line number comes first (English first on a tie).
-                    candidate = (number, side, ("error", f"{path}:{number}:", "invalid UTF-8"))
+                    candidate = (number, side, ("error", f"{path}:{number}:", problem))
                     expected = min(expected, candidate) if expected else candidate
                     break
         if expected:

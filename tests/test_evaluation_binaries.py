@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_module, tiny_train_config
 from test_retrieval import _write_bitext
 from test_xnli import _write as write_xnli
@@ -51,3 +53,13 @@ def test_finetune_refuses_bad_requests(tmp_path):
                          f"--data={tmp_path / 'xnli'}", "--max_seq_length=512"])
     assert result.returncode == 2 and "exceeds the encoder's 128 positions" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module", ["tf_mbalign.evaluate", "tf_mbalign.finetune"])
+def test_help_exits_0_and_an_unknown_flag_exits_2_with_a_suggestion(module):
+    helped = run_module(["-m", module, "--help"])
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert "--encoder" in helped.stdout
+    wrong = run_module(["-m", module, "--encodr=x"])
+    assert wrong.returncode == 2
+    assert "Unknown command line flag 'encodr'. Did you mean: encoder ?" in wrong.stderr

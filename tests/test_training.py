@@ -11,7 +11,10 @@ from tf_mbalign.training.trainer import AlignmentRun
 
 
 def _losses(history):
-    return [(h["step"], h["loss"], h["tlm_loss"], h["moco_loss"]) for h in history]
+    """(step, loss, tlm_loss, moco_loss) per record; a MoCo loss logged as
+    None (no negatives yet) is NaN, which assert_allclose matches with NaN."""
+    return [(h["step"], h["loss"], h["tlm_loss"],
+             np.nan if h["moco_loss"] is None else h["moco_loss"]) for h in history]
 
 
 def test_resume_gives_the_same_per_step_losses(tmp_path):
@@ -117,6 +120,73 @@ def test_invalid_flags_are_reported_together(tmp_path):
     result = _train(["--queue_size=4", "--global_batch_size=8", "--temperature=0"], tmp_path)
     assert result.returncode == 2
     assert "--queue_size=4 must hold" in result.stderr and "--temperature" in result.stderr
+
+
+def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
+    result = _train(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    topics = ["data:", "model:", "objectives (TLM, MoCo):", "optimizer:",
+              "checkpoints and runtime:", "distribution:"]
+    positions = [result.stdout.index(f"\n{topic}\n") for topic in topics]
+    assert positions == sorted(positions)
+    # Each flag under its topic: --corpus under data, --encoder under model.
+    assert positions[0] < result.stdout.index("\n  --corpus ") < positions[1]
+    assert positions[1] < result.stdout.index("\n  --encoder ") < positions[2]
+    assert "e5_small or embedded" in result.stdout  # the encoder aliases, documented
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_training_flag_has_one_help_topic():
+    import dataclasses
+
+    from tf_mbalign.config import TOPICS, TrainConfig
+
+    listed = [name for names in TOPICS.values() for name in names]
+    assert sorted(listed) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--queue_sise=16"], "Unknown command line flag 'queue_sise'. Did you mean: queue_size ?"),
+    (["--train_steps=ten"], "flag --train_steps=ten: invalid literal for int()"),
+    (["--pooling=max"], "flag --pooling=max: value should be one of <cls|mean>"),
+    (["stray"], "unexpected arguments: stray"),
+])
+def test_bad_flags_exit_2_with_the_problem(tmp_path, args, expected):
+    result = _train(args, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("files,corpus,expected", [
+    ({"en-de.tsv": "Hello\tHallo\njust English\n"}, "en-de.tsv",
+     "en-de.tsv:2: expected `english<TAB>other` (one tab), found 0 tabs: the tab and the "
+     "translation after it are missing"),
+    ({"pairs.en": "Hello\tHallo\n", "pairs.fr": "Hello\tBonjour\n"}, "pairs.en,pairs.fr",
+     "pairs.en:1: a tab in the English file of a line-aligned pair. This looks like an "
+     "`english<TAB>other` TSV file"),
+    ({"a.en": "one\n", "a.de": "eins\n", "a.fr": "un\n"}, "a.en,a.de,a.fr",
+     "a comma list is either TSV files"),
+])
+def test_bad_corpus_input_exits_2_naming_the_fix(tmp_path, files, corpus, expected):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    spec = ",".join(str(tmp_path / name) for name in corpus.split(","))
+    result = _train([f"--corpus={spec}"], tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_corpus_of_unknown_language_warns_how_to_name_it(tmp_path):
+    (tmp_path / "pairs.tsv").write_text("Hello\tBonjour\nGood night\tBonne nuit\n")
+    result = _train([f"--corpus={tmp_path / 'pairs.tsv'}", "--train_steps=0", "--noexport",
+                     "--quiet"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: " in result.stderr
+    assert "the language of 2 pairs is unknown ('xx')" in result.stderr
+    assert "Name a TSV file en-XX.tsv (e.g. en-de.tsv)" in result.stderr
 
 
 def test_binary_trains_resumes_and_exports(tmp_path):

@@ -134,8 +134,10 @@ class TrainConfig:
 
 # === Flags: one per TrainConfig field, defaults taken from it ===
 HELP = {
-    "encoder": "e5-small | a Hugging Face BERT dir | preset:NAME | tiny:VOCAB_TXT | tiny:demo",
-    "corpus": "demo | en-XX.tsv dir | TSV file | english.txt,other.txt | tfds:NAME[:SPLIT]",
+    "encoder": "e5-small (also spelled e5_small or embedded: the same model) | a Hugging "
+               "Face BERT dir | preset:NAME | tiny:VOCAB_TXT | tiny:demo",
+    "corpus": "demo | en-XX.tsv dir | TSV file(s): a.tsv[,b.tsv...] | two line-aligned "
+              "files: NAME.en,NAME.XX | tfds:NAME[:SPLIT]",
     "languages": "Only these languages of a corpus directory (default: all).",
     "model_dir": "Checkpoints, TensorBoard logs, flags.json, metrics.jsonl, export/.",
     "train_steps": "Encoder training steps (after the head warm-up).",
@@ -176,6 +178,21 @@ HELP = {
     "retrieval_every": "Retrieval evaluation period in steps (0 = --checkpoint_every).",
     "retrieval_pairs": "Pairs per language for --retrieval_data (the first ones).",
 }
+# --help lists the flags under these topics, in this order (every field once).
+TOPICS = {
+    "data": ["corpus", "languages", "language_sampling_alpha", "max_chars", "max_seq_length",
+             "max_sentence_length"],
+    "model": ["encoder", "dropout", "pooling", "representation_layer", "projection_dim"],
+    "objectives (TLM, MoCo)": ["max_predictions_per_seq", "mask_selection_rate",
+                               "contrastive_weight", "queue_size", "momentum", "temperature",
+                               "shuffle_inputs"],
+    "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
+                  "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm"],
+    "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
+                                "seed", "quiet", "steps_per_loop", "retrieval_data",
+                                "retrieval_every", "retrieval_pairs"],
+    "distribution": ["strategy", "tpu", "precision", "jit_compile"],
+}
 CHOICES = {
     "pooling": ["cls", "mean"],
     "strategy": list(distribute.STRATEGIES),
@@ -201,3 +218,20 @@ def define_flags():
         else:
             flags.DEFINE_string(name, default, text)
 
+
+
+def grouped_help(usage, flag_values=FLAGS):
+    """`--help` of the training binary: `usage`, then every training flag
+    under its topic (`TOPICS`) with its default and help."""
+    lines = [usage.strip(), ""]
+    for topic, names in TOPICS.items():
+        lines.append(f"{topic}:")
+        for name in names:
+            flag = flag_values[name]
+            default = ",".join(flag.default) if isinstance(flag.default, list) else flag.default
+            lines.append(f"  --{name} (default: {default!r})")
+            lines.append(f"      {flag.help}")
+        lines.append("")
+    lines.append("other: --flagfile=FILE reads flags from a file (one a line, # comments); "
+                 "--helpfull lists absl's own flags too.")
+    return "\n".join(lines)

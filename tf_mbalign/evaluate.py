@@ -195,7 +195,7 @@ def run_suite_command():
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m tf_mbalign.evaluate {{{'|'.join(COMMANDS)}}} "
-                             "[flags]")
+                             "[flags]", exitcode=runtime.BAD_FLAGS_EXIT_CODE)
     try:
         commands = {"retrieval": run_retrieval, "compare": run_compare,
                     "suite": run_suite_command}
@@ -207,7 +207,9 @@ def main(argv):
 
 
 def run_main():
-    app.run(main)
+    # --help exits 0, flag errors exit 2 (absl alone exits 1 for both).
+    app.run(main, flags_parser=runtime.flags_parser(
+        lambda: __doc__.strip() + "\n\n" + flags.FLAGS.main_module_help()))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def default_data_dir(task):
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}",
+                             exitcode=runtime.BAD_FLAGS_EXIT_CODE)
     from tf_mbalign.evaluation import mlqa, reports, xnli
     from tf_mbalign.evaluation.trained_encoders import load_trained_encoder
     from tf_mbalign.training.finetuning import FinetuneConfig
@@ -141,7 +142,9 @@ def _safe_label(label):
 
 
 def run_main():
-    app.run(main)
+    # --help exits 0, flag errors exit 2 (absl alone exits 1 for both).
+    app.run(main, flags_parser=runtime.flags_parser(
+        lambda: __doc__.strip() + "\n\n" + flags.FLAGS.main_module_help()))
 
 
 if __name__ == "__main__":

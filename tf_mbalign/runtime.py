@@ -5,12 +5,21 @@ straight to file descriptor 2 at import and at first device use, before any
 Python logging setting can apply. The binaries import TensorFlow through
 `import_tensorflow_quietly()`, which points fd 2 at a temporary file for that
 moment and shows what was written there only if the import fails.
+
+`flags_parser` gives a binary's absl flags the exit codes the README
+promises: `--help` prints the binary's help and exits 0; an unknown or
+malformed flag prints absl's message (with its "Did you mean" suggestions)
+and exits 2 (absl itself exits 1 for both).
 """
 
 import contextlib
 import os
 import sys
 import tempfile
+
+# `app.run(main, flags_parser=flags_parser(...))`: these print the help, exit 0.
+HELP_ARGUMENTS = frozenset({"--help", "-help", "-h", "-?", "--helpshort", "--helpfull"})
+BAD_FLAGS_EXIT_CODE = 2
 
 # Set before TensorFlow is imported (a value the user already set is kept):
 TENSORFLOW_ENVIRONMENT_DEFAULTS = {
@@ -63,3 +72,27 @@ def import_tensorflow_quietly():
 
     logging.set_verbosity(logging.WARNING)
     return tf
+
+
+def flags_parser(help_text):
+    """A `flags_parser` for `absl.app.run`: help arguments print
+    `help_text()` and exit 0; flag errors print the error and exit 2.
+
+    Args:
+        help_text: a callable returning the help (called only when asked).
+    """
+    def parse(argv):
+        from absl import flags
+
+        asked = {argument.split("=", 1)[0] for argument in argv[1:]} & HELP_ARGUMENTS
+        if asked:
+            print(help_text())
+            if "--helpfull" in asked:
+                print("\nevery flag, absl's own included:\n" + flags.FLAGS.get_help())
+            sys.exit(0)
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            print(f"error: {error}\nRun with --help to list the flags.", file=sys.stderr)
+            sys.exit(BAD_FLAGS_EXIT_CODE)
+    return parse

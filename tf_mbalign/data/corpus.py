@@ -2,8 +2,11 @@
 
 Supported inputs, all checked completely before training starts:
 
-- a TSV file of `english<TAB>other` lines (`read_tsv`);
-- two line-aligned files, English and other (`read_line_aligned`);
+- a TSV file of `english<TAB>other` lines (`read_tsv`), or several joined by
+  commas (`a.tsv,b.tsv`: every item ends in `.tsv`; `read_tsv_files`);
+- two line-aligned files, English and other, joined by a comma
+  (`NAME.en,NAME.XX`; `read_line_aligned`). The language is the other
+  file's extension when the English one ends in `.en`;
 - a directory of `en-XX.tsv` files, one per language (`read_directory`);
 - a TensorFlow Datasets translation dataset (`read_tfds`, needs internet or a
   prepared TFDS data dir).
@@ -23,10 +26,16 @@ Rules, the same for every reader:
   has no visible character (only whitespace, control or format characters
   such as NUL, U+200B or U+FEFF, which tokenizers drop);
 - a side longer than `max_chars` characters is truncated and counted;
-- a TSV line needs exactly one tab (`file:line` error otherwise);
+- a TSV line needs exactly one tab (`file:line` error otherwise, saying
+  whether the translation is missing or a sentence holds a tab);
+- a line of the English file of a line-aligned pair holds no tab (a tab
+  there means the file is a TSV: the error says to pass it alone);
 - line-aligned files must have the same number of lines (both paths and both
   counts in the error);
-- a corpus with no usable pair is an error.
+- a corpus with no usable pair is an error;
+- a corpus whose language is unknown (`xx`: a TSV not named `en-XX.tsv`,
+  line-aligned files not named `NAME.en` / `NAME.XX`) is read, and
+  `unnamed_language_warning` says how to name it.
 """
 
 import dataclasses
@@ -43,6 +52,9 @@ DEFAULT_MAX_CHARS = 2000
 MAX_LINE_BYTES = 16 * 1024 * 1024
 _PAIR_FILES = FileLayout(re.compile(r"^en-(?P<language>[A-Za-z_]+)\.tsv$"), "en-XX.tsv",
                          expected=lambda language: f"en-{language}.tsv")
+UNKNOWN_LANGUAGE = "xx"
+_LANGUAGE_EXTENSION = re.compile(r"^[a-z]{2,3}(_[A-Za-z]+)?$")
+_TEXT_EXTENSIONS = frozenset({"en", "txt", "tsv", "csv", "raw", "tok", "out", "dat"})
 _BOM = b"\xef\xbb\xbf"
 # Characters BERT-style tokenizers drop: they do not make a side non-empty.
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
@@ -90,6 +102,19 @@ class ParallelCorpus:
             lang: int(np.sum(self.language_ids == i))
             for i, lang in enumerate(self.languages)
         }
+
+    def unnamed_language_warning(self):
+        """A warning when some pairs' language is unknown (`xx`), else None."""
+        if UNKNOWN_LANGUAGE not in self.languages:
+            return None
+        count = self.language_counts()[UNKNOWN_LANGUAGE]
+        return (
+            f"{', '.join(self.stats.files)}: the language of {count} pairs is unknown "
+            f"({UNKNOWN_LANGUAGE!r}), so they are logged and sampled as one language "
+            f"{UNKNOWN_LANGUAGE!r}. Name a TSV file en-XX.tsv (e.g. en-de.tsv), line-aligned "
+            "files NAME.en and NAME.XX (e.g. train.en,train.de), or put en-XX.tsv files in "
+            "a directory and pass --corpus=<directory>."
+        )
 
 
 def has_visible_text(text):
@@ -205,7 +230,7 @@ def _language_of(path, language):
     if language:
         return language
     match = _PAIR_FILES.pattern.match(os.path.basename(path))
-    return _PAIR_FILES.key(match) if match else "xx"
+    return _PAIR_FILES.key(match) if match else UNKNOWN_LANGUAGE
 
 
 def _add_tsv(builder, path, language):
@@ -216,30 +241,82 @@ def _add_tsv(builder, path, language):
             continue
         fields = line.split("\t")
         if len(fields) != 2:
-            raise CorpusError(
-                f"{path}:{number}: expected `english<TAB>other` (one tab), found "
-                f"{len(fields) - 1} tabs. Remove tabs inside sentences."
-            )
+            raise CorpusError(f"{path}:{number}: {_tab_count_problem(len(fields) - 1)}")
         builder.add(fields[0], fields[1], language, f"{path}:{number}")
+
+
+def _tab_count_problem(tabs):
+    """What a TSV line with `tabs` tabs (not 1) lacks, and the fix."""
+    expected = "expected `english<TAB>other` (one tab)"
+    if tabs == 0:
+        return (f"{expected}, found 0 tabs: the tab and the translation after it are "
+                "missing. Each line holds an English sentence, one tab, then its "
+                "translation. Two files of one sentence a line each are read as "
+                "--corpus=NAME.en,NAME.XX.")
+    return (f"{expected}, found {tabs} tabs: a sentence holds a tab. Replace tabs inside "
+            "sentences with spaces (e.g. keep the first tab as the separator).")
 
 
 def read_tsv(path, language=None, max_chars=DEFAULT_MAX_CHARS):
     """Reads one `english<TAB>other` file. The language comes from an
     `en-XX.tsv` name unless given."""
+    return read_tsv_files([path], language=language, max_chars=max_chars)
+
+
+def read_tsv_files(paths, language=None, max_chars=DEFAULT_MAX_CHARS):
+    """Reads several `english<TAB>other` files as one corpus; each file's
+    language comes from its `en-XX.tsv` name unless `language` is given."""
     builder = _Builder(max_chars)
-    _add_tsv(builder, path, _language_of(path, language))
-    return builder.build(path)
+    for path in paths:
+        _add_tsv(builder, path, _language_of(path, language))
+    return builder.build(",".join(paths))
 
 
-def read_line_aligned(english_path, other_path, language="xx", max_chars=DEFAULT_MAX_CHARS):
-    """Reads two line-aligned files: line i of one translates line i of the other."""
+def line_aligned_language(english_path, other_path):
+    """The language of line-aligned files `NAME.en` + `NAME.XX` (same NAME;
+    XX of 2-3 letters with an optional `_Script` suffix, not a text-file
+    extension such as `txt`): `XX`, else `xx`."""
+    english_stem, english_extension = os.path.splitext(english_path)
+    other_stem, other_extension = os.path.splitext(other_path)
+    language = other_extension[1:]
+    if (english_extension == ".en" and english_stem == other_stem
+            and _LANGUAGE_EXTENSION.match(language) and language not in _TEXT_EXTENSIONS):
+        return language
+    return UNKNOWN_LANGUAGE
+
+
+def _english_lines(path):
+    """`_read_lines` of the English file of a line-aligned pair, refusing tabs.
+
+    Raises:
+        CorpusError: a line holds a tab (the file is most likely a TSV).
+    """
+    for number, text in _read_lines(path):
+        if "\t" in text:
+            raise CorpusError(
+                f"{path}:{number}: a tab in the English file of a line-aligned pair. "
+                "This looks like an `english<TAB>other` TSV file: pass it alone "
+                f"(--corpus={path}), several joined by commas (--corpus=a.tsv,b.tsv), or a "
+                "directory of en-XX.tsv files. If the tab is part of the sentence, replace "
+                "it with a space."
+            )
+        yield number, text
+
+
+def read_line_aligned(english_path, other_path, language=None, max_chars=DEFAULT_MAX_CHARS):
+    """Reads two line-aligned files: line i of one translates line i of the other.
+
+    The language is `language`, else the other file's extension when the
+    English file ends in `.en` (`line_aligned_language`), else `xx`.
+    """
     _check_file(english_path)
     _check_file(other_path)
+    language = language or line_aligned_language(english_path, other_path)
     builder = _Builder(max_chars)
     builder.add_file(english_path)
     builder.add_file(other_path)
     counts = [0, 0]
-    for english, other in itertools.zip_longest(_read_lines(english_path),
+    for english, other in itertools.zip_longest(_english_lines(english_path),
                                                 _read_lines(other_path)):
         if english is not None:
             counts[0] = english[0]
@@ -309,9 +386,13 @@ def read_tfds(name, split="train", max_pairs=None, data_dir=None, max_chars=DEFA
 def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
     """Reads a corpus from a `--corpus` value.
 
-    `spec` is one of: a directory of en-XX.tsv files; a TSV file; two files
-    joined by a comma (`english.txt,other.txt`); `tfds:NAME[:SPLIT]`; or
-    `demo` for the corpus shipped with the package.
+    `spec` is one of: a directory of en-XX.tsv files; a TSV file; TSV files
+    joined by commas (every item ends in `.tsv`); two line-aligned files
+    joined by a comma (`NAME.en,NAME.XX`); `tfds:NAME[:SPLIT]`; or `demo` for
+    the corpus shipped with the package.
+
+    Raises:
+        CorpusError: a comma list that is neither of the two forms.
     """
     if spec == "demo":
         return read_directory(demo_corpus_dir(), languages=languages, max_chars=max_chars)
@@ -320,11 +401,23 @@ def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
         return read_tfds(parts[1], split=parts[2] if len(parts) > 2 else "train",
                          max_chars=max_chars)
     if "," in spec:
-        english_path, other_path = spec.split(",", 1)
-        return read_line_aligned(english_path, other_path, max_chars=max_chars)
+        return _read_comma_list(spec.split(","), max_chars)
     if os.path.isdir(spec):
         return read_directory(spec, languages=languages, max_chars=max_chars)
     return read_tsv(spec, max_chars=max_chars)
+
+
+def _read_comma_list(paths, max_chars):
+    """`a.tsv,b.tsv,...` (all `.tsv`) or `english,other` (two files)."""
+    if all(path.endswith(".tsv") for path in paths):
+        return read_tsv_files(paths, max_chars=max_chars)
+    if len(paths) != 2 or not all(paths):
+        raise CorpusError(
+            f"--corpus={','.join(paths)}: a comma list is either TSV files (every item "
+            "ending in .tsv: a.tsv,b.tsv) or exactly two line-aligned files "
+            "(NAME.en,NAME.XX)."
+        )
+    return read_line_aligned(paths[0], paths[1], max_chars=max_chars)
 
 
 def demo_corpus_dir():

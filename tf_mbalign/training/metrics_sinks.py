@@ -60,6 +60,24 @@ class MetricsFile(MetricsSink):
             f.write(json.dumps(logs) + "\n")
 
 
+def read_metrics(model_dir):
+    """The records of `model_dir/metrics.jsonl` in order ([] without one; a
+    half-written line is skipped)."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
 class TensorBoardScalars(MetricsSink):
     """Every numeric entry as a scalar under `model_dir/tensorboard` (except
     `step`, `first_example`, and `retrieval/*`, which its callback writes)."""
@@ -92,7 +110,8 @@ class ProgressDisplay(MetricsSink):
                 self.bar.update(start_step)
 
     def write(self, step, logs):
-        shown = [(k, logs[k]) for k in SHOWN if k in logs]
+        # None (MoCo with an empty queue: no negatives) is not shown.
+        shown = [(k, logs[k]) for k in SHOWN if logs.get(k) is not None]
         if self.bar is not None:
             self.bar.update(step, values=shown, finalize=False)
             return

@@ -14,7 +14,8 @@ The pieces of a run, each in its own module:
   non-finite step);
 - `MetricsSinks` (`metrics_sinks.py`): metrics.jsonl, TensorBoard, progress;
 - `TrainingCallback`s (`callbacks.py`): what the binary plugs in
-  (in-training retrieval, the end-of-run export);
+  (in-training retrieval, the end-of-run export, the run summary); every
+  stop, finished, preempted or failed, ends with their `on_run_stop`;
 - `PreemptionWatcher` (`preemption.py`): SIGTERM saves at the next loop
   boundary on every worker and stops; `run()` then returns with
   `self.preempted` set;
@@ -104,7 +105,17 @@ class AlignmentRun:
 
     def run(self):
         """Trains to `config.total_steps` (or until preempted); returns the
-        logged metrics, one dict per loop call."""
+        logged metrics, one dict per loop call. Every stop (finished,
+        preempted, failed) ends with the callbacks' `on_run_stop`."""
+        try:
+            self._train()
+        except BaseException as error:
+            self._stop("failed", error)
+            raise
+        self._stop("preempted" if self.preempted else "finished")
+        return self.history
+
+    def _train(self):
         with PreemptionWatcher(self.strategy) as watcher:
             start = self._start()
             sinks = (chief_sinks(self.config.model_dir, start, self.config.total_steps,
@@ -125,7 +136,15 @@ class AlignmentRun:
         if not self.preempted:
             for callback in self.callbacks:
                 callback.on_run_end(self)
-        return self.history
+
+    def _stop(self, outcome, error=None):
+        """Calls every callback's `on_run_stop`; a failing hook is a warning
+        (it must not hide the run's own outcome or error)."""
+        for callback in self.callbacks:
+            try:
+                callback.on_run_stop(self, outcome, error)
+            except Exception as hook_error:  # noqa: BLE001 - reported, not raised
+                self.warn(f"{type(callback).__name__}.on_run_stop failed: {hook_error!r}")
 
     def _start(self):
         """Restores, writes flags.json, says where the run starts; returns the step."""
@@ -140,6 +159,9 @@ class AlignmentRun:
                 f"corpus: {stats.pairs} pairs, languages {self.corpus.language_counts()}, "
                 f"{stats.skipped_empty} empty skipped, {stats.truncated} truncated"
             )
+            unnamed = self.corpus.unnamed_language_warning()
+            if unnamed:
+                self.warn(unnamed)
             self.log(f"encoder: {self.bundle.source}; "
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
                      f"{self.strategy.num_replicas_in_sync} replica(s)")
@@ -150,6 +172,7 @@ class AlignmentRun:
         config = self.config
         train_encoder = step >= config.head_warmup_steps
         first_example = int(self.state.examples_consumed.numpy())
+        queue_was_empty = int(self.aligner.key_queue.filled.numpy()) == 0
         result = self.loop(iterator, self._steps_in_next_call(step, train_encoder), step,
                            train_encoder)
         done = int(result["done"])
@@ -158,7 +181,7 @@ class AlignmentRun:
                 step + done, result, first_example + (done - 1) * config.global_batch_size)
         step += done
         self.state.advance(done, config.global_batch_size)
-        logs = self._loop_logs(step, train_encoder, result, first_example)
+        logs = self._loop_logs(step, train_encoder, result, first_example, queue_was_empty)
         for callback in self.callbacks:
             callback.on_loop_end(step, logs)
         self.history.append(logs)
@@ -181,13 +204,21 @@ class AlignmentRun:
         return min([config.steps_per_loop, boundary - step]
                    + [every - step % every for every in periods])
 
-    def _loop_logs(self, step, train_encoder, result, first_example):
+    def _loop_logs(self, step, train_encoder, result, first_example, queue_was_empty):
         """The record of one loop call: metrics (reset after reading), phase,
-        learning rate, queue fill, skipped steps, batch fingerprints."""
+        learning rate, queue fill, skipped steps, batch fingerprints.
+
+        MoCo's loss and accuracy are None (null in metrics.jsonl, not shown
+        on the progress bar) when the call's first step met an empty queue:
+        with no negatives the loss is 0 and the accuracy 1 by construction.
+        """
         aligner = self.aligner
         logs = {m.name: float(m.result()) for m in aligner.metrics}
         for m in aligner.metrics:
             m.reset_state()
+        if queue_was_empty:
+            logs["moco_loss"] = logs["moco_accuracy"] = None
+            logs["moco_note"] = "no negatives: the key queue was empty"
         optimizer = self.alignment_step.optimizer_for(train_encoder)
         logs["learning_rate"] = optimization.last_learning_rate(optimizer)
         logs["queue_fill"] = int(aligner.key_queue.filled.numpy())

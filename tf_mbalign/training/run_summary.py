@@ -1,0 +1,292 @@
+"""What a run did, written to `model_dir/summary.json` and `summary.md` at every stop.
+
+`RunSummary` is a `TrainingCallback` the training binary plugs in last; its
+`on_run_stop` runs when the run finished (after the export), was preempted
+(after the save) or failed (e.g. a `NonFiniteError`), on the chief only. The
+summary holds:
+
+- the outcome (and the error's first line), the encoder, the steps done of
+  the head warm-up and of the encoder phase;
+- loss, TLM and MoCo figures at the start and the end of each phase, each the
+  mean of a window of logged records (read from `metrics.jsonl`, so a resumed
+  run's summary covers its earlier sessions too; MoCo records logged as None,
+  before the queue held negatives, are left out of the means);
+- the corpus: pairs per language, skipped and truncated lines, files;
+- this session's wall time, the checkpoints' size on disk;
+- the export's paths relative to `model_dir` (when this session exported) and
+  the three lines of code that load the sentence-embedding model.
+
+Both files are written atomically. `summary_block` is the short text the
+binary prints at its end.
+
+Example:
+```python
+summary = RunSummary()
+AlignmentRun(config, callbacks=[..., summary]).run()
+print(summary_block(summary.summary))
+```
+"""
+
+import json
+import os
+import time
+
+from tf_mbalign.atomic_files import write_json_atomic, write_text_atomic
+from tf_mbalign.training import checkpointing
+from tf_mbalign.training.callbacks import TrainingCallback
+from tf_mbalign.training.metrics_sinks import read_metrics
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+EXPORT_FOLDER = "export"
+EXPORT_INFO = "export_info.json"
+# The figures averaged over the start and end windows of each phase.
+WINDOW_METRICS = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy")
+MAX_WINDOW = 10
+PHASES = ("head_warmup", "encoder")
+
+
+class RunSummary(TrainingCallback):
+    """Writes summary.json / summary.md at every stop of a run (chief only).
+
+    Create it before the run is built: its wall time starts then, so model
+    loading and tracing count.
+
+    Attributes:
+        summary: the summary dict of the last stop (None before one).
+    """
+
+    def __init__(self):
+        self.created = time.time()
+        self.start_step = None
+        self.summary = None
+
+    def on_run_start(self, run, start_step):
+        self.start_step = start_step
+
+    def on_run_stop(self, run, outcome, error=None):
+        if not run.chief:
+            return
+        self.summary = build_summary(run, outcome, error, self.start_step,
+                                     since=self.created)
+        write_summary(run.config.model_dir, self.summary)
+
+
+def build_summary(run, outcome, error, start_step, since):
+    """The summary dict of `run` (an `AlignmentRun`) at a stop.
+
+    Args:
+        outcome: "finished", "preempted" or "failed".
+        error: the exception of a failed run, else None.
+        start_step: the step this session started at (None: it failed
+            before starting).
+        since: the session's start (`time.time()`); exports older than it
+            are not this session's.
+    """
+    config = run.config
+    step = int(run.step.numpy())
+    export = export_paths(config.model_dir, since) if outcome == "finished" else {}
+    return {
+        "outcome": outcome,
+        "error": _first_line(error),
+        "model_dir": config.model_dir,
+        "encoder": run.bundle.source,
+        "steps": step_counts(config, step, start_step),
+        "metrics": phase_windows(read_metrics(config.model_dir)),
+        "corpus": corpus_counts(config.corpus, run.corpus),
+        "wall_seconds": round(time.time() - since, 1),
+        "checkpoints": checkpoint_sizes(run.state.directory, config.model_dir),
+        "export": export,
+        "load_export": load_lines(config.model_dir, export),
+    }
+
+
+def _first_line(error):
+    """`TypeName: first line of the message` of an exception, or None."""
+    if error is None:
+        return None
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def step_counts(config, step, start_step):
+    """Steps done and planned per phase, and where this session started."""
+    warmup = config.head_warmup_steps
+    return {
+        "head_warmup": {"done": min(step, warmup), "planned": warmup},
+        "encoder": {"done": max(step - warmup, 0), "planned": config.train_steps},
+        "last_step": step,
+        "session_started_at_step": start_step,
+    }
+
+
+def phase_windows(records):
+    """Per phase with records: `start` and `end` window means of
+    `WINDOW_METRICS`, each with the steps it covers."""
+    windows = {}
+    for phase in PHASES:
+        logged = [r for r in records if r.get("phase") == phase]
+        if logged:
+            size = max(1, min(MAX_WINDOW, len(logged) // 3))
+            windows[phase] = {"start": window_mean(logged[:size]),
+                              "end": window_mean(logged[-size:])}
+    return windows
+
+
+def window_mean(records):
+    """Means of `WINDOW_METRICS` over `records` (None values left out; None
+    when all are), the steps they cover and the queue fill at the window's
+    end (MoCo's loss grows with the negatives it meets)."""
+    first_step = records[0]["step"] - _steps_in(records[0]) + 1
+    means = {"steps": f"{first_step}-{records[-1]['step']}"}
+    for name in WINDOW_METRICS:
+        values = [r[name] for r in records if r.get(name) is not None]
+        means[name] = round(sum(values) / len(values), 4) if values else None
+    means["queue_fill"] = records[-1].get("queue_fill")
+    return means
+
+
+def _steps_in(record):
+    return max(1, len(record.get("batch_fingerprints", [])))
+
+
+def corpus_counts(spec, corpus):
+    """Pairs per language, skipped and truncated lines, files of a corpus."""
+    stats = corpus.stats
+    return {"spec": spec, "pairs": stats.pairs, "languages": corpus.language_counts(),
+            "skipped_empty": stats.skipped_empty, "truncated": stats.truncated,
+            "files": list(stats.files)}
+
+
+def checkpoint_sizes(directory, model_dir):
+    """The committed checkpoints' steps and bytes on disk (the latest one's
+    and all kept ones together)."""
+    steps = checkpointing.committed_steps(directory) if os.path.isdir(directory) else []
+    sizes = {step: _checkpoint_bytes(directory, step) for step in steps}
+    latest = steps[0] if steps else None
+    return {
+        "folder": os.path.relpath(directory, model_dir),
+        "kept_steps": sorted(steps),
+        "latest": f"ckpt-{latest}" if latest is not None else None,
+        "latest_bytes": sizes.get(latest, 0),
+        "all_bytes": sum(sizes.values()),
+    }
+
+
+def _checkpoint_bytes(directory, step):
+    prefix = f"ckpt-{step}."
+    return sum(os.path.getsize(os.path.join(directory, name))
+               for name in os.listdir(directory) if name.startswith(prefix))
+
+
+def export_paths(model_dir, since):
+    """{name: path relative to model_dir} of the export written since
+    `since`, from its `export_info.json` ({} when there is none)."""
+    export_dir = os.path.join(model_dir, EXPORT_FOLDER)
+    info_path = os.path.join(export_dir, EXPORT_INFO)
+    if not os.path.isfile(info_path) or os.path.getmtime(info_path) < since - 1:
+        return {}
+    with open(info_path, encoding="utf-8") as f:
+        info = json.load(f)
+    paths = {}
+    for name, value in info.items():
+        path = _path_inside(value, export_dir) if isinstance(value, str) and value else None
+        if path:
+            paths[name] = os.path.relpath(path, model_dir)
+    return paths
+
+
+def _path_inside(value, export_dir):
+    """`value` (relative to the export folder or to the working directory,
+    or absolute) as an existing absolute path inside `export_dir`; else None
+    (not a path of the export, e.g. the encoder's source)."""
+    export_dir = os.path.abspath(export_dir)
+    for candidate in (os.path.join(export_dir, value), value):
+        path = os.path.abspath(candidate)
+        if path.startswith(export_dir + os.sep) and os.path.exists(path):
+            return path
+    return None
+
+
+def load_lines(model_dir, export):
+    """Three lines of Python that embed sentences with the exported serving
+    model ([] without an export)."""
+    if "serving" not in export:
+        return []
+    serving = os.path.join(model_dir, export["serving"])
+    return [
+        "import tensorflow as tf, tensorflow_text  # tensorflow_text registers the tokenizer ops",
+        f"model = tf.saved_model.load({serving!r})",
+        'embeddings = model.signatures["serving_default"](sentences=tf.constant(["Hello world", '
+        '"Hallo Welt"]))["embeddings"]  # L2-normalized, one row per sentence',
+    ]
+
+
+# === Writing and showing ===
+
+def write_summary(model_dir, summary):
+    """summary.json and summary.md in model_dir, each atomically."""
+    write_json_atomic(os.path.join(model_dir, SUMMARY_JSON), summary, indent=2)
+    write_text_atomic(os.path.join(model_dir, SUMMARY_MD), summary_markdown(summary))
+
+
+def summary_block(summary):
+    """The short text block the binary prints at its end."""
+    steps, corpus, checkpoints = summary["steps"], summary["corpus"], summary["checkpoints"]
+    languages = ", ".join(f"{k} {v}" for k, v in corpus["languages"].items())
+    lines = [
+        f"run summary ({summary['outcome']}): {summary['model_dir']}/{SUMMARY_MD}",
+        f"  steps: head warm-up {steps['head_warmup']['done']}/{steps['head_warmup']['planned']}, "
+        f"encoder {steps['encoder']['done']}/{steps['encoder']['planned']}",
+    ]
+    for phase, window in summary["metrics"].items():
+        lines.append(f"  {phase:<11}  {_window_text(window['start'])}")
+        lines.append(f"  {'':<11}→ {_window_text(window['end'])}")
+    lines += [
+        f"  corpus: {corpus['pairs']} pairs ({languages}); {corpus['skipped_empty']} skipped "
+        f"empty, {corpus['truncated']} truncated",
+        f"  wall time: {_duration(summary['wall_seconds'])}; checkpoint "
+        f"{checkpoints['latest'] or 'none'}: {_size(checkpoints['latest_bytes'])} "
+        f"({_size(checkpoints['all_bytes'])} for the {len(checkpoints['kept_steps'])} kept)",
+    ]
+    if summary["error"]:
+        lines.append(f"  error: {summary['error']}")
+    if summary["export"]:
+        lines.append("  export (in model_dir): " + ", ".join(
+            f"{k} {v}" for k, v in summary["export"].items()))
+    if summary["load_export"]:
+        lines.append("  load it:")
+        lines += [f"    {line}" for line in summary["load_export"]]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary):
+    """summary.md: the block as Markdown, the load lines as a code block."""
+    body = summary_block(dict(summary, load_export=[])).splitlines()
+    text = [f"# Run summary: {summary['outcome']}", "", "```", *body[1:], "```", ""]
+    if summary["load_export"]:
+        text += ["Load the sentence-embedding model:", "", "```python",
+                 *summary["load_export"], "```", ""]
+    text.append(f"Every figure: `{SUMMARY_JSON}` (same folder).")
+    return "\n".join(text) + "\n"
+
+
+def _window_text(window):
+    parts = [f"steps {window['steps']}:"]
+    for name in WINDOW_METRICS:
+        value = window[name]
+        parts.append(f"{name} {'n/a' if value is None else f'{value:.3f}'}")
+    parts.append(f"queue {window['queue_fill']}")
+    return " ".join(parts)
+
+
+def _duration(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def _size(count):
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count} B"
