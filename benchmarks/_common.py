@@ -216,9 +216,17 @@ def gpu_available():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def bfloat16_is_native():
+    """Whether this machine multiplies bf16 natively (`distribute.native_bfloat16`)."""
+    from tf_mbalign import distribute
+
+    return distribute.native_bfloat16()[0]
+
+
 def default_precisions():
-    """float32 everywhere; bf16 mixed precision as well on a GPU."""
-    return ["float32", "mixed_bfloat16"] if gpu_available() else ["float32"]
+    """float32 everywhere; bf16 mixed precision as well where the hardware
+    multiplies bf16 natively (GPU >= sm_80, CPU with AMX or AVX512-BF16)."""
+    return ["float32", "mixed_bfloat16"] if bfloat16_is_native() else ["float32"]
 
 
 def build_random_encoder(shape, dropout=0.1, name="bert_encoder"):

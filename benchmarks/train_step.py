@@ -5,7 +5,9 @@ For each model shape (random weights: speed does not depend on them):
 
 - ours: the `AlignmentStep` built by `build_alignment_step` and run in a
   `tf.function` loop like the trainer's (graph mode), without and with XLA
-  (`--jit_compile`), in float32 (and bf16 mixed precision on a GPU);
+  (`--jit_compile`), in float32 (and bf16 mixed precision where the
+  hardware multiplies bf16 natively, CPU included; the reference then runs
+  under `torch.autocast` bf16 on the same device);
 - the reference: `torch_reference.TorchAlignmentStep`, the same step in
   PyTorch + transformers (same shape, batch, lengths, queue, AdamW, EMA,
   MLM logits only at the masked tokens), with as many threads as TF uses;
@@ -209,7 +211,9 @@ def main(argv=None):
     parser.add_argument("--predictions", type=int)
     parser.add_argument("--queue_size", type=int)
     parser.add_argument("--precisions", default="",
-                        help="float32,mixed_bfloat16 (default: float32; both on a GPU)")
+                        help="float32,mixed_bfloat16 (default: float32; both where the "
+                             "hardware multiplies bf16 natively: GPU >= sm_80, CPU with AMX "
+                             "or AVX512-BF16; elsewhere bf16 is emulated and slow)")
     parser.add_argument("--xla", choices=["both", "on", "off"], default=None,
                         help="without / with XLA (default both; off with --quick: the "
                              "XLA compile alone takes 15-40 s)")
@@ -235,7 +239,7 @@ def main(argv=None):
     machine = common.machine_info()
     common.print_machine(machine)
     peaks = {"float32": common.matmul_peak(args.peak_n, repeats=3 if args.quick else 5)}
-    if "mixed_bfloat16" in precisions and common.gpu_available():
+    if "mixed_bfloat16" in precisions:  # MFU of bf16 rows against the bf16 peak.
         peaks["bfloat16"] = common.matmul_peak(args.peak_n, dtype="bfloat16", with_numpy=False)
     torch_ref, _ = (None, None) if args.no_torch else _torch()
     if torch_ref is not None and not common.gpu_available():

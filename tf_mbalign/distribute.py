@@ -1,4 +1,11 @@
-"""Distribution strategy and precision policy from flags."""
+"""Distribution strategy and precision policy from flags.
+
+`--precision=auto` resolves, after the strategy exists, to mixed bfloat16
+where the hardware multiplies bfloat16 natively (TPUs, GPUs of compute
+capability 8.0 or more, CPUs with AMX or AVX512-BF16) and to float32
+elsewhere; `resolve_precision` returns the choice with its reason, which the
+run prints and records.
+"""
 
 import json
 import os
@@ -8,6 +15,9 @@ import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISION_CHOICES = ("auto",) + PRECISIONS
+# CPU flags (as /proc/cpuinfo names them) of native bfloat16 matrix products.
+CPU_BFLOAT16_FLAGS = {"amx_bf16": "AMX (amx_bf16)", "avx512_bf16": "AVX512-BF16"}
 
 
 def tf_variable(variable):
@@ -61,3 +71,69 @@ def set_precision(policy):
     if policy not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {policy!r}")
     keras.mixed_precision.set_global_policy(policy)
+
+
+def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
+    """The CPU feature flags the OS reports (an empty set where it does not
+    say, e.g. off Linux)."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags") and ":" in line:
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_bfloat16_support(flags):
+    """(native, reason) for a CPU with feature `flags`."""
+    found = [name for flag, name in CPU_BFLOAT16_FLAGS.items() if flag in flags]
+    if found:
+        return True, f"CPU with {' and '.join(found)}"
+    return False, "CPU without bfloat16 instructions (no amx_bf16 / avx512_bf16)"
+
+
+def gpu_bfloat16_support(compute_capabilities):
+    """(native, reason) for GPUs of the given (major, minor) capabilities."""
+    if not compute_capabilities:
+        return False, "no GPU"
+    oldest = min(compute_capabilities)
+    if oldest >= (8, 0):
+        return True, f"GPU of compute capability {oldest[0]}.{oldest[1]} (bf16 tensor cores)"
+    return False, (f"GPU of compute capability {oldest[0]}.{oldest[1]} (< 8.0: no bf16 "
+                   "tensor cores)")
+
+
+def _gpu_compute_capabilities():
+    capabilities = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        if details.get("compute_capability"):
+            capabilities.append(tuple(details["compute_capability"]))
+    return capabilities
+
+
+def native_bfloat16(strategy=None):
+    """(native, reason): does the hardware the run computes on multiply bf16
+    natively? Call after the strategy exists (listing devices earlier would
+    start the TensorFlow runtime before a multi-worker strategy is set up)."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return True, "TPU"
+    capabilities = _gpu_compute_capabilities()
+    if capabilities:
+        return gpu_bfloat16_support(capabilities)
+    return cpu_bfloat16_support(cpu_flags())
+
+
+def resolve_precision(requested, strategy=None):
+    """(policy, reason): `requested` itself, or what `auto` chooses here."""
+    if requested != "auto":
+        if requested not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISION_CHOICES}, got {requested!r}")
+        return requested, "set by --precision"
+    native, reason = native_bfloat16(strategy)
+    if native:
+        return "mixed_bfloat16", f"auto: {reason} multiplies bfloat16 natively"
+    return "float32", f"auto: {reason}"
+
