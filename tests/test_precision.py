@@ -45,3 +45,21 @@ def test_auto_resolves_to_what_the_hardware_supports(monkeypatch):
     assert distribute.resolve_precision("mixed_float16") == ("mixed_float16", "set by --precision")
     with pytest.raises(ValueError, match="auto"):
         distribute.resolve_precision("bf16")
+
+
+def test_a_run_resolves_auto_and_records_why(tmp_path, monkeypatch):
+    import json
+
+    from conftest import tiny_train_config
+    from tf_mbalign.training.trainer import AlignmentRun
+
+    monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: [])
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx2"})  # no bf16 here
+    messages = []
+    run = AlignmentRun(tiny_train_config(tmp_path / "run", train_steps=1, precision="auto"),
+                       log=messages.append)
+    run.run()
+    assert run.config.precision == "float32" and "without bfloat16" in run.precision_reason
+    with open(tmp_path / "run" / "flags.json") as f:
+        assert json.load(f)["precision"] == "float32"  # what ran, so a re-run is the same
+    assert any("precision float32 (auto: CPU without bfloat16" in m for m in messages)

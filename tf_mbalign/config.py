@@ -166,7 +166,8 @@ HELP = {
     "seed": "Seed of the data order, masks and initialization.",
     "strategy": "tf.distribute strategy.",
     "tpu": "TPU address for --strategy=tpu.",
-    "precision": "Keras dtype policy.",
+    "precision": "Keras dtype policy; auto = mixed_bfloat16 where the hardware multiplies "
+                 "bf16 natively (TPU, GPU >= sm_80, CPU with AMX or AVX512-BF16), else float32.",
     "jit_compile": "XLA-compile the train step (not with --strategy=mirrored on CPU).",
     "steps_per_loop": "Steps per tf.function call (more = less Python overhead).",
     "checkpoint_every": "Save a checkpoint every N steps (and at the end).",
@@ -196,7 +197,7 @@ TOPICS = {
 CHOICES = {
     "pooling": ["cls", "mean"],
     "strategy": list(distribute.STRATEGIES),
-    "precision": list(distribute.PRECISIONS),
+    "precision": list(distribute.PRECISION_CHOICES),
 }
 FLAGS = flags.FLAGS
 

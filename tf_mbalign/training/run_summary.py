@@ -91,6 +91,7 @@ def build_summary(run, outcome, error, start_step, since):
         "error": _first_line(error),
         "model_dir": config.model_dir,
         "encoder": run.bundle.source,
+        "precision": {"policy": config.precision, "reason": run.precision_reason},
         "steps": step_counts(config, step, start_step),
         "metrics": phase_windows(read_metrics(config.model_dir)),
         "corpus": corpus_counts(config.corpus, run.corpus),
@@ -238,6 +239,7 @@ def summary_block(summary):
         f"run summary ({summary['outcome']}): {summary['model_dir']}/{SUMMARY_MD}",
         f"  steps: head warm-up {steps['head_warmup']['done']}/{steps['head_warmup']['planned']}, "
         f"encoder {steps['encoder']['done']}/{steps['encoder']['planned']}",
+        f"  precision: {summary['precision']['policy']} ({summary['precision']['reason']})",
     ]
     for phase, window in summary["metrics"].items():
         lines.append(f"  {phase:<11}  {_window_text(window['start'])}")

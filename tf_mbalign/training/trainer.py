@@ -32,6 +32,7 @@ Every logged line of `metrics.jsonl` carries `first_example` and one
 `batch_fingerprints` entry per step.
 """
 
+import dataclasses
 import math
 
 import keras
@@ -79,7 +80,12 @@ class AlignmentRun:
         # The strategy next: multi-worker collectives must be configured
         # before anything initializes the TensorFlow runtime.
         self.strategy = distribute.get_strategy(config.strategy, config.tpu)
-        distribute.set_precision(config.precision)
+        # `auto` becomes a policy here (the hardware is known now); the run,
+        # its flags.json and its optimizers see the resolved one.
+        precision, self.precision_reason = distribute.resolve_precision(config.precision,
+                                                                        self.strategy)
+        self.config = config = dataclasses.replace(config, precision=precision)
+        distribute.set_precision(precision)
         keras.utils.set_random_seed(config.seed)
         self.chief = distribute.is_chief(self.strategy)
         self._check_batch_divides()
@@ -164,7 +170,8 @@ class AlignmentRun:
                 self.warn(unnamed)
             self.log(f"encoder: {self.bundle.source}; "
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
-                     f"{self.strategy.num_replicas_in_sync} replica(s)")
+                     f"{self.strategy.num_replicas_in_sync} replica(s); "
+                     f"precision {self.config.precision} ({self.precision_reason})")
         return start
 
     def _train_one_loop_call(self, step, iterator, sinks, watcher):
