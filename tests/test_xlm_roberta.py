@@ -201,7 +201,8 @@ def numpy_xlm_roberta(w, token_ids, padding_mask, act=gelu_exact):
     layers = []
     for i in range(LAYERS):
         p = f"roberta.encoder.layer.{i}."
-        q, k, v = (heads(_linear(x, w, f"{p}attention.self.{n}")) for n in ("query", "key", "value"))
+        q, k, v = (heads(_linear(x, w, f"{p}attention.self.{name}"))
+                   for name in ("query", "key", "value"))
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim) + key_bias
         probs = np.exp(scores - scores.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
@@ -525,12 +526,22 @@ def test_xlm_roberta_trains_exports_and_the_export_reproduces_it(trained_run):
                        "start_of_sequence_id": 0, "end_of_segment_id": 2,
                        "mask_id": encoder.vocabulary_size - 1}
     packed = preprocessor(tf.constant(SENTENCES))
-    np.testing.assert_array_equal(packed["input_word_ids"].numpy()[:, :x["input_word_ids"].shape[1]],
-                                  x["input_word_ids"])
+    width = x["input_word_ids"].shape[1]
+    np.testing.assert_array_equal(packed["input_word_ids"].numpy()[:, :width], x["input_word_ids"])
 
     serving = tf.saved_model.load(paths["serving"]).signatures["serving_default"]
     served = serving(sentences=tf.constant(SENTENCES))["embeddings"].numpy()
     np.testing.assert_allclose(served, expected_embeddings, rtol=1e-5, atol=1e-6)
+
+    # Evaluation reads the export and the run like BERT ones.
+    from tf_mbalign.evaluation.trained_encoders import load_trained_encoder
+
+    for spec in (os.path.dirname(paths["keras"]), run.config.model_dir):
+        trained = load_trained_encoder(spec, dropout=0.0)
+        assert trained.tokenizer.tokenize(tf.constant(SENTENCES)).to_list() == \
+            tokenizer.tokenize(tf.constant(SENTENCES)).to_list()
+        got = np.asarray(trained.encoder(inputs, training=False)["sequence_output"])
+        np.testing.assert_allclose(got[valid], expected_sequence[valid], rtol=1e-5, atol=1e-5)
 
     info = json.load(open(os.path.join(os.path.dirname(paths["keras"]), "export_info.json")))
     assert info["serving"] == os.path.join("serving", "tf_mbalign", "1")
