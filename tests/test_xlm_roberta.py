@@ -604,6 +604,18 @@ def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, rtol=1e-5)
 
+    # The TF-Hub encoder has no TF Text ops either: its signature runs there too.
+    hub = tf.saved_model.load(paths["encoder"])
+    zeros = str(tmp_path / "input_type_ids.npy")
+    np.save(zeros, 0 * x["input_word_ids"])
+    report, stderr = _saved_model_cli(paths["encoder"], "serving_default",
+                                      dict(inputs, input_type_ids=zeros), tmp_path / "encoder")
+    assert report == {"status": 0, "tensorflow_text_modules": []}, stderr[-3000:]
+    expected_pooled = hub(dict(input_word_ids=x["input_word_ids"], input_mask=x["input_mask"],
+                               input_type_ids=0 * x["input_word_ids"]))["pooled_output"]
+    np.testing.assert_allclose(np.load(tmp_path / "encoder" / "pooled_output.npy"),
+                               expected_pooled.numpy(), rtol=1e-5, atol=1e-6)
+
     # The control: the strings model fails there, even through its ids signature.
     ids_inputs = dict(inputs, input_type_ids=inputs["input_mask"])
     report, stderr = _saved_model_cli(paths["serving"], "embed_ids", ids_inputs,

@@ -37,30 +37,14 @@ from tf_mbalign.modeling.pooling import sentence_embedding
 from tf_mbalign.modeling.bert_encoder import dropout_rng_states
 
 
-class _Untracked:
-    """Holds an object out of TensorFlow's object tracking."""
-
-    def __init__(self, value):
-        self.value = value
-
-
 class _ServingModule(tf.__internal__.tracking.AutoTrackable):
-    """Saves an encoder's raw `tf.Variable`s, not its Keras variables.
-
-    A Keras 3 variable exports as a second `tf.Variable` copied from the one
-    it wraps (`Variable._export_to_saved_model_graph`); the checkpoint
-    restores the copy, the traced functions read the original. TF2's
-    `tf.saved_model.load` restores both, but session-based loaders (TF
-    Serving, `saved_model_cli run`, the C and Java APIs) run only the
-    SavedModel's restore op and fail with "Could not find variable ...".
-    Tracking the wrapped variables themselves, and not the Keras model,
-    saves each weight once, where the functions read it.
-    """
+    """Saves an encoder's wrapped `tf.Variable`s, not the Keras model, so
+    session-based loaders restore them (`hub_encoder.raw_variables`)."""
 
     def __init__(self, encoder):
         super().__init__()
-        self._held_encoder = _Untracked(encoder)
-        self._weights = [weight.value for weight in encoder.weights]
+        self._held_encoder = hub_encoder.Untracked(encoder)
+        self._weights = hub_encoder.raw_variables(encoder.weights)
         self._rng_states = dropout_rng_states(encoder)
         self.max_sequence_length = encoder.max_sequence_length
 
