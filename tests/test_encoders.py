@@ -266,6 +266,30 @@ def test_loaded_encoder_matches_numpy_bert(bundle, hf_weights):
     assert np.max(np.abs(unmasked[1, :5] - ref_sequence[1, :5])) > 3 * TOLERANCE
 
 
+def test_loaded_encoder_matches_transformers(bundle, checkpoint_dir, hf_weights):
+    """The same directory through Hugging Face `transformers` (torch): hidden
+    states of every layer and the MLM logits."""
+    torch = pytest.importorskip(
+        "torch", reason="torch is not installed (several GB; kept out of the test extra)")
+    transformers = pytest.importorskip("transformers")
+    model = transformers.BertForMaskedLM.from_pretrained(checkpoint_dir).eval()
+    token_ids, segment_ids, padding_mask = _inputs()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(token_ids, dtype=torch.long),
+                    token_type_ids=torch.tensor(segment_ids, dtype=torch.long),
+                    attention_mask=torch.tensor(padding_mask), output_hidden_states=True)
+    _, _, layers = _run(bundle.encoder, token_ids, segment_ids, padding_mask)
+    valid = padding_mask.astype(bool)
+    for layer, reference in zip(layers, out.hidden_states[1:]):
+        np.testing.assert_allclose(layer[valid], reference.numpy()[valid],
+                                   rtol=TOLERANCE, atol=TOLERANCE)
+    head = _mlm_head(bundle, layer_norm_epsilon=LN_EPS)
+    positions = np.tile(np.arange(token_ids.shape[1], dtype=np.int32), (2, 1))
+    logits = np.asarray(head(layers[-1], positions))
+    np.testing.assert_allclose(logits[valid], out.logits.numpy()[valid],
+                               rtol=2 * TOLERANCE, atol=2 * TOLERANCE)
+
+
 def test_padding_does_not_change_unpadded_positions(bundle):
     token_ids, segment_ids, padding_mask = _inputs()
     sequence, pooled, _ = _run(bundle.encoder, token_ids, segment_ids, padding_mask)

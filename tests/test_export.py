@@ -380,3 +380,24 @@ def test_encoder_export_stores_each_variable_once(exported):
     for v in reloaded.trainable_variables:  # the very variables the functions compute with
         v.assign(tf.zeros_like(v))
     assert np.max(np.abs(reloaded(x)["pooled_output"].numpy() - before)) > 1e-3
+
+
+def test_export_info_paths_are_relative_and_old_ones_still_resolve(tmp_path):
+    """New exports record paths relative to the export directory; an
+    export_info.json from before (absolute, or relative to the directory
+    training ran in) still resolves, also after the export was moved."""
+    export_dir = tmp_path / "moved" / "export"
+    for part in ("encoder", "preprocessor", "keras", os.path.join("serving", "m", "3")):
+        (export_dir / part).mkdir(parents=True)
+    old = {"encoder": str(tmp_path / "gone" / "export" / "encoder"),  # absolute, moved away
+           "preprocessor": os.path.join("runs", "align", "export", "preprocessor"),  # cwd-relative
+           "keras": "keras",  # already relative to the export
+           "serving": os.path.join("runs", "align", "export", "serving", "m", "3"),
+           "pooling": "mean"}
+    (export_dir / "export_info.json").write_text(json.dumps(old))
+    info = encoder_export.read_export_info(str(export_dir))
+    assert info["pooling"] == "mean"
+    for key, part in (("encoder", "encoder"), ("preprocessor", "preprocessor"),
+                      ("keras", "keras"), ("serving", os.path.join("serving", "m", "3"))):
+        assert info[key] == os.path.join(str(export_dir), part), key
+    assert "serving_ids" not in info

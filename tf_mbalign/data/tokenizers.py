@@ -143,3 +143,57 @@ class SentencePieceTokenizer(SubwordTokenizer):
 
     def after_reseed(self):
         return SentencePieceTokenizer(self.proto, self.vocabulary_size, name=self.name)
+
+
+# The fairseq id layout that XLM-R checkpoints (and their embedding rows) use.
+XLM_ROBERTA_SPECIAL_PIECES = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+def xlm_roberta_sentencepiece_proto(raw_proto):
+    """An XLM-R `sentencepiece.bpe.model` rewritten to the checkpoint's ids.
+
+    The SentencePiece file that XLM-R / RoBERTa checkpoints ship numbers its
+    pieces `<unk>`=0, `<s>`=1, `</s>`=2, then the ordinary pieces; the model
+    (fairseq, Hugging Face's `XLMRobertaTokenizer`) uses `<s>`=0, `<pad>`=1,
+    `</s>`=2, `<unk>`=3, every ordinary piece one id higher than in the file,
+    and `<mask>` last. This returns the same model (pieces, scores,
+    normalizer unchanged, so the same segmentation) with its pieces in that
+    order, so the in-graph tokenizer emits the checkpoint's ids directly. A
+    proto already in that layout (e.g. an export's `spm.model`) comes back
+    unchanged.
+
+    Args:
+        raw_proto: bytes of the serialized SentencePiece model.
+
+    Returns:
+        bytes: the serialized, reordered model.
+
+    Raises:
+        ValueError: the file does not start with `<unk>`, `<s>`, `</s>`.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(raw_proto)
+    Piece = sentencepiece_model_pb2.ModelProto.SentencePiece
+    pieces = [p.piece for p in model.pieces]
+    if tuple(pieces[:4]) == XLM_ROBERTA_SPECIAL_PIECES and pieces[-1] == "<mask>":
+        return raw_proto
+    if tuple(pieces[:3]) != ("<unk>", "<s>", "</s>"):
+        raise ValueError(
+            f"not an XLM-R SentencePiece model: its first pieces are {pieces[:3]}, "
+            "expected ['<unk>', '<s>', '</s>'] (the sentencepiece.bpe.model that "
+            "XLM-R checkpoints ship)."
+        )
+    ordinary = list(model.pieces)[3:]
+    del model.pieces[:]
+    for piece, kind in zip(XLM_ROBERTA_SPECIAL_PIECES,
+                           (Piece.CONTROL, Piece.CONTROL, Piece.CONTROL, Piece.UNKNOWN)):
+        model.pieces.add(piece=piece, score=0.0, type=kind)
+    model.pieces.extend(ordinary)
+    model.pieces.add(piece="<mask>", score=0.0, type=Piece.CONTROL)
+    spec = model.trainer_spec
+    spec.vocab_size = len(model.pieces)
+    spec.bos_id, spec.pad_id, spec.eos_id, spec.unk_id = 0, 1, 2, 3
+    spec.bos_piece, spec.pad_piece, spec.eos_piece, spec.unk_piece = XLM_ROBERTA_SPECIAL_PIECES
+    return model.SerializeToString()

@@ -60,8 +60,7 @@ def load_trained_encoder(spec, dropout=None):
     if os.path.isfile(os.path.join(spec, "export_info.json")):
         from tf_mbalign.export import encoder_export
 
-        with open(os.path.join(spec, "export_info.json"), encoding="utf-8") as f:
-            info = json.load(f)
+        info = encoder_export.read_export_info(spec)
         encoder = encoder_export.load_encoder(spec)
         if dropout is not None:
             encoder = _with_dropout(encoder, dropout)

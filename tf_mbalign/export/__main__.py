@@ -4,6 +4,7 @@ Usage:
   python -m tf_mbalign.export --model_dir=runs/align --export_dir=exports/align
 
 Writes encoder/ (TF-Hub encoder), preprocessor/, serving/<name>/<version>/
+(sentences in), serving/<name>_ids/<version>/ (token ids in, core ops only)
 and keras/ under --export_dir (see tf_mbalign/export/encoder_export.py).
 """
 

@@ -3,10 +3,14 @@
 `export_dir/`:
 - `encoder/`       TF-Hub BERT encoder SavedModel (`hub_encoder.py`), with `.mlm`
 - `preprocessor/`  TF-Hub BERT preprocessor SavedModel (`preprocessor.py`)
-- `serving/<name>/<version>/`  TF Serving SavedModel (`serving.py`)
+- `serving/<name>/<version>/`  TF Serving SavedModel, sentences in (`serving.py`;
+                   needs TF Text ops in the serving process)
+- `serving/<name>_ids/<version>/`  TF Serving SavedModel, token ids in, core
+                   TensorFlow ops only (any TensorFlow runtime)
 - `keras/`         `encoder.keras` (load with safe_mode=True) and the tokenizer
                    assets (vocab.txt or spm.model, tokenizer.json)
-- `export_info.json`  what was exported, from which run
+- `export_info.json`  what was exported, from which run; its paths are
+                   relative to `export_dir` (read them with `read_export_info`)
 
 Each part is written under a temporary name in the same folder and renamed
 into place, so a half-written export never looks complete. `encoder/`,
@@ -27,7 +31,7 @@ from tf_mbalign.atomic_files import replace_directory_atomic, write_json_atomic
 from tf_mbalign.data import tokenizers
 from tf_mbalign.export.hub_encoder import HubEncoder
 from tf_mbalign.export.preprocessor import Preprocessor
-from tf_mbalign.export.serving import SentenceEmbeddingServer
+from tf_mbalign.export.serving import SentenceEmbeddingServer, TokenIdsEmbeddingServer
 
 
 def _save(obj, path):
@@ -54,24 +58,61 @@ def next_serving_version(serving_root):
 def export_encoder(encoder, tokenizer, export_dir, mlm_head=None, pooling="cls",
                    representation_layer=-1, seq_length=128, serving_name="tf_mbalign",
                    source=""):
-    """Writes all exports; returns a dict of their paths."""
-    paths = {
-        "encoder": os.path.join(export_dir, "encoder"),
-        "preprocessor": os.path.join(export_dir, "preprocessor"),
-        "keras": os.path.join(export_dir, "keras"),
-    }
+    """Writes all exports; returns a dict of their paths (`export_dir` joined
+    with the relative paths that `export_info.json` records)."""
+    relative = {"encoder": "encoder", "preprocessor": "preprocessor", "keras": "keras"}
+    paths = {key: os.path.join(export_dir, value) for key, value in relative.items()}
     replace_directory_atomic(paths["encoder"], lambda p: _save(HubEncoder(encoder, mlm_head), p))
     replace_directory_atomic(paths["preprocessor"], lambda p: _save(Preprocessor(tokenizer, seq_length), p))
     replace_directory_atomic(paths["keras"], lambda p: _keras_assets(encoder, tokenizer, p, seq_length))
-    serving_root = os.path.join(export_dir, "serving", serving_name)
-    version = next_serving_version(serving_root)
-    paths["serving"] = os.path.join(serving_root, str(version))
+    # One version number for both serving models, so N of one matches N of the other.
+    ids_name = f"{serving_name}_ids"
+    version = max(next_serving_version(os.path.join(export_dir, "serving", name))
+                  for name in (serving_name, ids_name))
+    relative["serving"] = os.path.join("serving", serving_name, str(version))
+    relative["serving_ids"] = os.path.join("serving", ids_name, str(version))
+    for key in ("serving", "serving_ids"):
+        paths[key] = os.path.join(export_dir, relative[key])
     server = SentenceEmbeddingServer(encoder, tokenizer, pooling, representation_layer, seq_length)
     replace_directory_atomic(paths["serving"], lambda p: _save(server, p))
-    info = dict(paths, source=source, pooling=pooling, representation_layer=representation_layer,
+    ids_server = TokenIdsEmbeddingServer(encoder, pooling, representation_layer)
+    replace_directory_atomic(paths["serving_ids"], lambda p: _save(ids_server, p))
+    info = dict(relative, source=source, pooling=pooling, representation_layer=representation_layer,
                 seq_length=seq_length, serving_version=version)
     write_json_atomic(os.path.join(export_dir, "export_info.json"), info, indent=2)
     return paths
+
+
+EXPORT_PATH_KEYS = ("encoder", "preprocessor", "keras", "serving", "serving_ids")
+
+
+def read_export_info(export_dir):
+    """`export_info.json` with its paths resolved against `export_dir`.
+
+    Exports written since issue 15 record paths relative to the export
+    directory. Older ones recorded the path as given when exporting (absolute,
+    or relative to the directory training ran in); those resolve too: an
+    absolute path that exists is kept, otherwise the part below the export
+    directory (`encoder`, `serving/<name>/<version>`, ...) is looked up
+    under `export_dir`, so a moved export still works.
+    """
+    with open(os.path.join(export_dir, "export_info.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    for key in EXPORT_PATH_KEYS:
+        if isinstance(info.get(key), str):
+            info[key] = _resolve_export_path(export_dir, key, info[key])
+    return info
+
+
+def _resolve_export_path(export_dir, key, recorded):
+    if os.path.isabs(recorded) and os.path.exists(recorded):
+        return recorded
+    relative = os.path.join(export_dir, recorded)
+    if not os.path.isabs(recorded) and os.path.exists(relative):
+        return relative
+    depth = 3 if key.startswith("serving") else 1  # serving/<name>/<version>
+    tail = os.path.normpath(recorded).split(os.sep)[-depth:]
+    return os.path.join(export_dir, *tail)
 
 
 class UnsafeModelFileError(ValueError):

@@ -26,6 +26,27 @@ from tf_mbalign.modeling.bert_encoder import dropout_rng_states
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 
 
+class Untracked:
+    """Holds an object out of TensorFlow's object tracking."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def raw_variables(keras_variables):
+    """The `tf.Variable`s that Keras 3 variables wrap.
+
+    Saved through the Keras variables, a SavedModel holds a second
+    `tf.Variable` per weight (Keras' `Variable._export_to_saved_model_graph`
+    copies the wrapped one); its restore op restores the copy while the traced
+    functions read the original. `tf.saved_model.load` restores both, but
+    session-based loaders (TF Serving, `saved_model_cli run`, the C API) run
+    only the restore op and fail with "Could not find variable ...". Exports
+    track these instead, with the Keras objects held in `Untracked`.
+    """
+    return [variable.value for variable in keras_variables]
+
+
 def _specs():
     return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES}
 
@@ -78,10 +99,14 @@ class HubEncoder(tf.__internal__.tracking.AutoTrackable):
 
     def __init__(self, encoder, mlm_head=None):
         super().__init__()
-        self._encoder = encoder
+        # The Keras model is held out of tracking and its wrapped tf.Variables
+        # are tracked instead: each weight is saved once, where the functions
+        # read it, so session-based loaders (TF Serving, `saved_model_cli
+        # run`) restore it too (see `raw_variables`).
+        self._held = Untracked(encoder)
         self.max_sequence_length = encoder.max_sequence_length
-        self.variables = list(encoder.weights)
-        self.trainable_variables = list(encoder.trainable_weights)
+        self.variables = raw_variables(encoder.weights)
+        self.trainable_variables = raw_variables(encoder.trainable_weights)
         self.regularization_losses = []
         # Dropout RNG states: the training=True trace reads them.
         self._rng_states = dropout_rng_states(encoder)
@@ -94,6 +119,10 @@ class HubEncoder(tf.__internal__.tracking.AutoTrackable):
                                           input_signature=[_specs()])
         if mlm_head is not None:
             self.mlm = _HubMaskedLM(self, mlm_head)
+
+    @property
+    def _encoder(self):
+        return self._held.value
 
     def _call(self, inputs, training=False):
         inputs = check_inputs(inputs, self.max_sequence_length)
@@ -124,7 +153,11 @@ class _HubMaskedLM(tf.__internal__.tracking.AutoTrackable):
     def __init__(self, hub_encoder, mlm_head):
         super().__init__()
         self._hub_encoder = hub_encoder
-        self._head = mlm_head
+        self._held_head = Untracked(mlm_head)
+        encoder_variables = {id(v) for v in hub_encoder.variables}
+        # The head's own weights (its decoder is the encoder's token embedding).
+        self._head_variables = [v for v in raw_variables(mlm_head.weights)
+                                if id(v) not in encoder_variables]
         specs = dict(_specs(), masked_lm_positions=tf.TensorSpec([None, None], tf.int32,
                                                                  name="masked_lm_positions"))
         self.__call__ = tf.function(self._call)
@@ -135,5 +168,6 @@ class _HubMaskedLM(tf.__internal__.tracking.AutoTrackable):
         outputs = self._hub_encoder._call(
             {k: inputs[k] for k in INPUT_NAMES}, training=training
         )
-        logits = self._head(outputs["sequence_output"], mask_positions=inputs["masked_lm_positions"])
+        head = self._held_head.value
+        logits = head(outputs["sequence_output"], mask_positions=inputs["masked_lm_positions"])
         return dict(outputs, mlm_logits=tf.cast(logits, tf.float32))

