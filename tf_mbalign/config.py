@@ -135,7 +135,8 @@ class TrainConfig:
 # === Flags: one per TrainConfig field, defaults taken from it ===
 HELP = {
     "encoder": "e5-small (also spelled e5_small or embedded: the same model) | a Hugging "
-               "Face BERT dir | preset:NAME | tiny:VOCAB_TXT | tiny:demo",
+               "Face BERT or XLM-R / RoBERTa dir | preset:NAME (BERT or XLM-R) | tiny:VOCAB_TXT | "
+               "tiny:demo",
     "corpus": "demo | en-XX.tsv dir | TSV file(s): a.tsv[,b.tsv...] | two line-aligned "
               "files: NAME.en,NAME.XX | tfds:NAME[:SPLIT]",
     "languages": "Only these languages of a corpus directory (default: all).",
