@@ -6,7 +6,6 @@ encoder is compared with an independent numpy forward pass of BERT.
 """
 
 import json
-import math
 import os
 import shutil
 
@@ -16,6 +15,8 @@ runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 
 import numpy as np
 import pytest
+
+from numpy_reference import gelu_exact, gelu_tanh, layer_norm, linear, transformer_layers
 
 HIDDEN = 16
 LAYERS = 2
@@ -132,26 +133,9 @@ def bundle(checkpoint_dir):
 
 # --- an independent numpy BERT ------------------------------------------------------------
 
-_erf = np.vectorize(math.erf)
-
-
-def gelu_exact(x):
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
-def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
 
 def _layer_norm(x, gamma, beta, eps=LN_EPS):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta
-
-
-def _linear(x, w, name):
-    """HF nn.Linear: y = x W^T + b with W stored [out, in]."""
-    return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+    return layer_norm(x, gamma, beta, eps)
 
 
 def numpy_bert(w, token_ids, segment_ids, padding_mask, act=gelu_exact):
@@ -164,31 +148,10 @@ def numpy_bert(w, token_ids, segment_ids, padding_mask, act=gelu_exact):
         + w["bert.embeddings.token_type_embeddings.weight"][segment_ids]
     )
     x = _layer_norm(x, w["bert.embeddings.LayerNorm.weight"], w["bert.embeddings.LayerNorm.bias"])
-    head_dim = HIDDEN // HEADS
-    # Additive mask over keys: 0 where attended, very negative at padding.
-    key_bias = np.where(padding_mask[:, None, None, :] > 0, 0.0, -1e9)
-    layers = []
-    for i in range(LAYERS):
-        p = f"bert.encoder.layer.{i}."
-
-        def heads(t):
-            return t.reshape(batch, length, HEADS, head_dim).transpose(0, 2, 1, 3)
-
-        q = heads(_linear(x, w, f"{p}attention.self.query"))
-        k = heads(_linear(x, w, f"{p}attention.self.key"))
-        v = heads(_linear(x, w, f"{p}attention.self.value"))
-        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim) + key_bias
-        scores -= scores.max(-1, keepdims=True)
-        probs = np.exp(scores)
-        probs /= probs.sum(-1, keepdims=True)
-        context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, length, HIDDEN)
-        attention = _linear(context, w, f"{p}attention.output.dense")
-        x = _layer_norm(attention + x, w[f"{p}attention.output.LayerNorm.weight"],
-                        w[f"{p}attention.output.LayerNorm.bias"])
-        ffn = _linear(act(_linear(x, w, f"{p}intermediate.dense")), w, f"{p}output.dense")
-        x = _layer_norm(ffn + x, w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"])
-        layers.append(x)
-    pooled = np.tanh(_linear(x[:, 0], w, "bert.pooler.dense"))
+    layers = transformer_layers(w, x, padding_mask, "bert.encoder.layer.", LAYERS, HEADS, act,
+                                LN_EPS)
+    x = layers[-1]
+    pooled = np.tanh(linear(x[:, 0], w, "bert.pooler.dense"))
     return x, pooled, layers
 
 
@@ -196,7 +159,7 @@ def numpy_mlm_head(w, hidden, positions, act=gelu_exact, eps=LN_EPS):
     """HF BertOnlyMLMHead on the hidden states at `positions` (float64)."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     x = np.take_along_axis(hidden.astype(np.float64), positions[..., None], axis=1)
-    x = act(_linear(x, w, "cls.predictions.transform.dense"))
+    x = act(linear(x, w, "cls.predictions.transform.dense"))
     x = _layer_norm(x, w["cls.predictions.transform.LayerNorm.weight"],
                     w["cls.predictions.transform.LayerNorm.bias"], eps=eps)
     return x @ w["bert.embeddings.word_embeddings.weight"].T + w["cls.predictions.bias"]

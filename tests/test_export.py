@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib
 from tf_mbalign.data import pair_packing, tokenizers
 from tf_mbalign.export import encoder_export

@@ -13,7 +13,6 @@ torch where installed.
 import glob
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -26,6 +25,8 @@ runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 import numpy as np
 import pytest
 
+from numpy_reference import gelu_exact, gelu_tanh, layer_norm, linear, transformer_layers
+
 from conftest import REPO_ROOT
 
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 16, 2, 2, 32
@@ -34,8 +35,6 @@ LN_EPS = 1e-5
 PAD = 1
 RTOL = ATOL = 1e-4
 NO_TORCH = "torch is not installed (several GB; kept out of the test extra on purpose)"
-
-_erf = np.vectorize(math.erf)
 
 
 # --- the tiny checkpoint -------------------------------------------------------------------
@@ -159,22 +158,8 @@ def bundle(checkpoint_dir):
 # --- an independent numpy XLM-R ------------------------------------------------------------
 
 
-def gelu_exact(x):
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
-def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-
-
 def _layer_norm(x, gamma, beta, eps=LN_EPS):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta
-
-
-def _linear(x, w, name):
-    return x @ w[f"{name}.weight"].T + w[f"{name}.bias"]
+    return layer_norm(x, gamma, beta, eps)
 
 
 def roberta_position_ids(token_ids, padding_id=PAD):
@@ -192,34 +177,14 @@ def numpy_xlm_roberta(w, token_ids, padding_mask, act=gelu_exact):
          + w[f"{e}position_embeddings.weight"][roberta_position_ids(token_ids)]
          + w[f"{e}token_type_embeddings.weight"][np.zeros_like(token_ids)])
     x = _layer_norm(x, w[f"{e}LayerNorm.weight"], w[f"{e}LayerNorm.bias"])
-    head_dim = HIDDEN // HEADS
-    key_bias = np.where(padding_mask[:, None, None, :] > 0, 0.0, -1e9)
-
-    def heads(t):
-        return t.reshape(batch, length, HEADS, head_dim).transpose(0, 2, 1, 3)
-
-    layers = []
-    for i in range(LAYERS):
-        p = f"roberta.encoder.layer.{i}."
-        q, k, v = (heads(_linear(x, w, f"{p}attention.self.{name}"))
-                   for name in ("query", "key", "value"))
-        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim) + key_bias
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, length, HIDDEN)
-        x = _layer_norm(_linear(context, w, f"{p}attention.output.dense") + x,
-                        w[f"{p}attention.output.LayerNorm.weight"],
-                        w[f"{p}attention.output.LayerNorm.bias"])
-        ffn = _linear(act(_linear(x, w, f"{p}intermediate.dense")), w, f"{p}output.dense")
-        x = _layer_norm(ffn + x, w[f"{p}output.LayerNorm.weight"], w[f"{p}output.LayerNorm.bias"])
-        layers.append(x)
-    return layers
+    return transformer_layers(w, x, padding_mask, "roberta.encoder.layer.", LAYERS, HEADS, act,
+                              LN_EPS)
 
 
 def numpy_lm_head(w, hidden, act=gelu_exact):
     """`RobertaLMHead`: dense, GELU, layer norm, decoder tied to the word embeddings."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
-    x = act(_linear(hidden.astype(np.float64), w, "lm_head.dense"))
+    x = act(linear(hidden.astype(np.float64), w, "lm_head.dense"))
     x = _layer_norm(x, w["lm_head.layer_norm.weight"], w["lm_head.layer_norm.bias"])
     return x @ w["roberta.embeddings.word_embeddings.weight"].T + w["lm_head.bias"]
 
