@@ -400,3 +400,15 @@ def test_export_info_paths_are_relative_and_old_ones_still_resolve(tmp_path):
                       ("keras", "keras"), ("serving", os.path.join("serving", "m", "3"))):
         assert info[key] == os.path.join(str(export_dir), part), key
     assert "serving_ids" not in info
+
+
+def test_export_binary_help_and_flag_errors():
+    from conftest import run_module
+
+    shown = run_module(["-m", "tf_mbalign.export", "--help"])
+    assert shown.returncode == 0 and "--model_dir" in shown.stdout
+    missing = run_module(["-m", "tf_mbalign.export", "--export_dir=/tmp/unused"])
+    assert missing.returncode == 2 and "model_dir" in missing.stderr
+    unknown = run_module(["-m", "tf_mbalign.export", "--model_dir=x", "--export_dir=y",
+                          "--serving_nam=z"])
+    assert unknown.returncode == 2 and "serving_name" in unknown.stderr  # did you mean

@@ -49,4 +49,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # --help exits 0, flag errors (a missing --model_dir included) exit 2.
+    app.run(main, flags_parser=runtime.flags_parser(
+        lambda: __doc__.strip() + "\n\n" + flags.FLAGS.main_module_help()))
