@@ -157,3 +157,31 @@ def test_retrieval_counts_by_hand():
     assert counts["xx_to_en"][:, 0].tolist() == [1, 0, 0]  # ties go to the first: row 2 -> en 1
     assert counts["en_to_xx"][:, 0].tolist() == [1, 0, 1]  # en 1 -> foreign 2, en 2 -> foreign 2
     assert counts["en_to_xx"][:, 1].tolist() == [1, 1, 1]
+
+
+class _PiecesTokenizer:
+    """A SentencePiece-like tokenizer: fixed pieces per word, a word-start id."""
+
+    cls_id, sep_id, pad_id, unk_id, word_start_id = 0, 2, 1, 3, 6
+    PIECES = {"中国": [6, 100], "人民": [6, 101, 102], "Hello": [200], "▁": [6]}
+
+    def tokenize(self, strings):
+        import tensorflow as tf
+
+        return tf.ragged.constant([self.PIECES[s.decode()] for s in strings.numpy()],
+                                  dtype=tf.int32)
+
+
+def test_a_lone_word_start_piece_never_carries_the_label():
+    """SentencePiece puts "▁" before each word tokenized on its own; for words
+    it does not merge with (Chinese) the label goes to the first real piece."""
+    from tf_mbalign.modeling.classifiers import IGNORED
+    from tf_mbalign.tasks.tagging_tasks import encode_words
+
+    labels = ("NOUN", "PROPN", "X")
+    sentence = TaggedSentence(("中国", "人民", "Hello", "▁"), ("PROPN", "NOUN", "X", "X"), "x:1")
+    encoded = encode_words([sentence], labels, _PiecesTokenizer(), max_length=32)
+    # "▁" is dropped where other pieces follow; a word that is only "▁" keeps it.
+    assert encoded.rows == [[0, 100, 101, 102, 200, 6, 2]]
+    assert encoded.extra["first_positions"][0].tolist() == [1, 2, 4, 5]
+    assert encoded.labels[0].tolist() == [IGNORED, 1, 0, IGNORED, 2, 2, IGNORED]

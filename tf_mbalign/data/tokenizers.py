@@ -30,6 +30,8 @@ class SubwordTokenizer(tf.Module):
     cls_id = sep_id = pad_id = mask_id = unk_id = None
     vocabulary_size = None
     random_id_range = None
+    # SentencePiece's word-start mark as a piece of its own ("▁"), or None.
+    word_start_id = None
 
     @property
     def special_ids(self):
@@ -133,6 +135,8 @@ class SentencePieceTokenizer(SubwordTokenizer):
         self.mask_id = piece_id("<mask>")
         if self.mask_id == self.unk_id:
             raise ValueError("The SentencePiece model has no <mask> piece.")
+        word_start = piece_id("\u2581")
+        self.word_start_id = None if word_start == self.unk_id else word_start
         self.vocabulary_size = vocabulary_size or pieces
         # Ordinary pieces: after the 4 specials, before <mask> (the last piece).
         self.random_id_range = (max(self.cls_id, self.sep_id, self.pad_id, self.unk_id) + 1,

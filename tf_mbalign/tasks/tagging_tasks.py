@@ -6,7 +6,11 @@ sentence: `<root>/panx/train-en.tsv` + `<root>/panx/test-XX.tsv`,
 
 Each word is tokenized on its own (so sub-tokens never cross words); the
 sentence is `[CLS] sub-tokens [SEP]`; the first sub-token of each word
-carries the word's tag, every other position is ignored by the loss
+carries the word's tag (a SentencePiece word-start mark standing alone as a
+word's first piece is dropped: tokenizing word by word puts one before every
+word, and for words it does not merge with, as in Chinese, the label would
+sit on that content-free piece, which running Chinese text, having no
+spaces, never contains), every other position is ignored by the loss
 (`masked_token_loss`) and by the evaluation, which reads the prediction of
 each word at its first sub-token. Words cut off by `max_seq_length` are
 predicted as `O` (NER) or as no tag (POS, counted wrong). Fixed schedule:
@@ -24,6 +28,13 @@ from tf_mbalign.tasks.base import (EncodedRows, Task, TaskData, padded_width, pr
                                    test_subset, training_subset)
 
 
+def _without_lone_word_start(word_pieces, word_start_id):
+    """A word's pieces without a leading lone word-start piece (when others follow)."""
+    if word_start_id is not None and len(word_pieces) > 1 and word_pieces[0] == word_start_id:
+        return word_pieces[1:]
+    return word_pieces
+
+
 def encode_words(sentences, labels, tokenizer, max_length):
     """Rows, per-position label ids and first-sub-token positions of tagged sentences."""
     pieces = tokenize_sentences(tokenizer, [w for s in sentences for w in s.words])
@@ -32,6 +43,7 @@ def encode_words(sentences, labels, tokenizer, max_length):
     for sentence in sentences:
         ids, firsts = [tokenizer.cls_id], []
         for word_pieces in pieces[next_word: next_word + len(sentence.words)]:
+            word_pieces = _without_lone_word_start(word_pieces, tokenizer.word_start_id)
             word_pieces = word_pieces or [tokenizer.unk_id]  # a word is never empty
             if len(ids) + len(word_pieces) >= max_length:  # no room for it and [SEP]
                 break
