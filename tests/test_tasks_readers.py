@@ -62,6 +62,7 @@ def test_test_files_are_the_languages_present(tmp_path):
     assert found == {"de": os.path.join(str(tmp_path), "test-de.tsv"),
                      "sw": os.path.join(str(tmp_path), "dev-sw.tsv"),
                      "pt_BR": os.path.join(str(tmp_path), "test-pt_BR.tsv")}
+    assert list(found) == ["de", "pt_BR", "sw"]  # by language, whatever the split
     assert readers.test_files(str(tmp_path / "absent")) == {}
 
 

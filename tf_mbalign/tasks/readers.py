@@ -6,18 +6,21 @@
 - Topics (SIB-200): `index_id<TAB>category<TAB>text`, with or without that
   header line.
 - Test languages: `test-XX.tsv` (else `dev-XX.tsv`) in a folder; XX is
-  whatever the file says, so the languages are the files present.
+  whatever the file says, so the languages are the files present
+  (`test_files`, listed by `tf_mbalign.data.language_files`).
 """
 
 import dataclasses
-import os
 import re
 
+from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.data.tsv_files import NLI_LABELS, nli_rows, tsv_fields, tsv_lines
 
 _ENTITY_TAG = re.compile(r"^(O|[BI]-\S+)$")
 _ANY_TAG = re.compile(r"^\S+$")
-_LANGUAGE_FILE = re.compile(r"^(test|dev)-([A-Za-z][A-Za-z_-]*)\.tsv$")
+TEST_FILES = FileLayout(
+    re.compile(r"^(?P<split>test|dev)-(?P<language>[A-Za-z][A-Za-z_-]*)\.tsv$"),
+    "test-XX.tsv (or dev-XX.tsv)", expected=lambda language: f"test-{language}.tsv")
 _TOPIC_HEADER = ("index_id", "category", "text")
 
 
@@ -106,14 +109,10 @@ def check_labels(examples, label_of, known, path_hint):
 
 
 def test_files(directory):
-    """{language: path} of `test-XX.tsv` files (`dev-XX.tsv` where no test file)."""
-    if not os.path.isdir(directory):
+    """{language: path} of `test-XX.tsv` files (`dev-XX.tsv` where no test file), by
+    language; {} when `directory` is absent or holds neither."""
+    try:
+        splits = find_language_files(directory, TEST_FILES)
+    except FileNotFoundError:
         return {}
-    found = {}
-    for name in sorted(os.listdir(directory)):
-        match = _LANGUAGE_FILE.match(name)
-        if match:
-            split, language = match.groups()
-            if split == "test" or language not in found:
-                found[language] = os.path.join(directory, name)
-    return found
+    return {language: paths.get("test", paths.get("dev")) for language, paths in splits.items()}
