@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tf_mbalign.evaluation import mlqa
+from tf_mbalign.tasks import mlqa
 
 # Ids: "a0" (int 160, even) trains, "a1" (161, odd) tests.
 CONTEXT_EN = "The river Rhine flows through Basel. It is long."

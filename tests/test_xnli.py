@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tf_mbalign.evaluation import xnli
+from tf_mbalign.tasks import xnli
 
 ROWS = {
     "en": [("A man sleeps.", "A person rests.", "entailment"),

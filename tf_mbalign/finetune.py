@@ -69,8 +69,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}",
                              exitcode=runtime.BAD_FLAGS_EXIT_CODE)
-    from tf_mbalign.evaluation import mlqa, reports, xnli
+    from tf_mbalign.evaluation import reports
     from tf_mbalign.evaluation.trained_encoders import load_trained_encoder
+    from tf_mbalign.tasks import mlqa, xnli
     from tf_mbalign.training.finetuning import FinetuneConfig
 
     task, setting = _TASK.value, _SETTING.value

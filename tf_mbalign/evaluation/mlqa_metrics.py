@@ -171,7 +171,7 @@ def metric_max_over_ground_truths(metric_fn, prediction, ground_truths, language
 
 def score_predictions(gold_answers, predictions, language):
     """MLQA exact match and F1 (fractions) of predicted answers: the one
-    scoring loop (the MLQA task's `mlqa.score` uses it).
+    scoring loop (`tf_mbalign.tasks.mlqa.score` uses it).
 
     Each question scores its best metric over its gold answers; a question
     without a prediction scores 0 on both and is counted in ``missing``.
