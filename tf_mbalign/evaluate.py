@@ -15,12 +15,15 @@ configs/mlqa.flags), one process per job; a finished job's JSON is kept, so
 re-running resumes. It writes side-by-side reports and summary.md.
 
   python -m tf_mbalign.evaluate suite --encoder=A [--against=B] \
-      [--data_root=DIR] --budget=cpu|full --seeds=N [--output_dir=results/suite]
+      [--data_root=DIR] --budget=cpu|full --seeds=N [--output_dir=results/suite] \
+      [--tasks=nli,ner,pos,topic,retrieval]
 
 `suite` runs the zero-shot transfer suite (tf_mbalign/tasks/suite.py): every
-task whose files are under --data_root (nli/ + xnli/, panx/, udpos/,
-sib200/), plus retrieval with [CLS] and mean pooling, with 95% intervals and,
-with --against, the paired differences B - A. `compare` is kept as it was.
+task of --tasks whose files are under --data_root (by default nli/ + xnli/,
+panx/, udpos/, sib200/, plus retrieval with [CLS] and mean pooling; the
+optional xnli_mini (xnli/) and mlqa (mlqa/) only when named), with 95%
+intervals and, with --against, the paired differences B - A. `compare` is
+kept as it was.
 """
 
 from tf_mbalign import runtime
@@ -36,6 +39,7 @@ from absl import app, flags  # noqa: E402
 
 from tf_mbalign.atomic_files import write_json_atomic, write_text_atomic  # noqa: E402
 from tf_mbalign.data.data_root import default_data_root  # noqa: E402
+from tf_mbalign.tasks.suite import DEFAULT_TASKS, OPTIONAL_TASKS  # noqa: E402
 
 COMMANDS = ("retrieval", "compare", "suite")
 
@@ -173,6 +177,8 @@ _AGAINST = flags.DEFINE_string("against", "", "suite: a second encoder, compared
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "full", "tiny"], "suite: data and "
                             "schedule per task (tf_mbalign/tasks/budgets.py).")
 _SEEDS = flags.DEFINE_integer("seeds", 2, "suite: fine-tuning seeds per task (0 .. N-1).")
+_TASKS = flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "suite: the tasks to run (those whose "
+                           f"files are present); optional ones: {', '.join(OPTIONAL_TASKS)}.")
 _JOB_PROCESSES = flags.DEFINE_boolean("job_processes", True, "suite: each job in its own "
                                       "process (false: all in this one).")
 _QUIET = flags.DEFINE_boolean("quiet", False, "suite: no progress bars.")
@@ -187,8 +193,9 @@ def run_suite_command():
     output_dir = _OUTPUT.value if _OUTPUT.value != "results" else os.path.join("results", "suite")
     config = SuiteConfig(
         encoders=tuple(spec for spec in (_ENCODER.value, _AGAINST.value) if spec),
-        data_root=data_root(), budget=_BUDGET.value, seeds=_SEEDS.value, output_dir=output_dir,
-        job_processes=_JOB_PROCESSES.value, progress=not _QUIET.value)
+        data_root=data_root(), tasks=tuple(_TASKS.value), budget=_BUDGET.value,
+        seeds=_SEEDS.value, output_dir=output_dir, job_processes=_JOB_PROCESSES.value,
+        progress=not _QUIET.value)
     run_suite(config)
 
 

@@ -196,6 +196,8 @@ def score_predictions(gold_answers, predictions, language):
     """
     _check_language(language)
     gold_answers = list(gold_answers)
+    if not gold_answers:
+        raise ValueError("no questions to evaluate")
     exact_match = f1 = 0.0
     missing = 0
     for qid, truths in gold_answers:
@@ -204,11 +206,21 @@ def score_predictions(gold_answers, predictions, language):
             continue
         if not truths:
             raise ValueError(f"question {qid!r} has no gold answers")
-        exact_match += metric_max_over_ground_truths(
-            exact_match_score, predictions[qid], truths, language)
-        f1 += metric_max_over_ground_truths(f1_score, predictions[qid], truths, language)
-    if not gold_answers:
-        raise ValueError("no questions to evaluate")
+        question_exact_match, question_f1 = score_question(predictions[qid], truths, language)
+        exact_match += question_exact_match
+        f1 += question_f1
     count = len(gold_answers)
     return {"exact_match": exact_match / count, "f1": f1 / count, "count": count,
             "missing": missing}
+
+
+def score_question(prediction, ground_truths, language):
+    """(exact match, F1) of one question's prediction: each the best over its gold
+    answers (what ``score_predictions`` adds up per question).
+
+    Example:
+      >>> score_question("red dog", ["cat", "the red dog"], "en")
+      (True, 1.0)
+    """
+    return (metric_max_over_ground_truths(exact_match_score, prediction, ground_truths, language),
+            metric_max_over_ground_truths(f1_score, prediction, ground_truths, language))

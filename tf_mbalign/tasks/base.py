@@ -70,7 +70,7 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, tuner, encoded, labels, pad_id):
-        """int [rows, k]: the metric's per-row counts."""
+        """[rows, k]: the metric's per-row counts (`intervals.STATS_COLUMNS`)."""
         raise NotImplementedError
 
 

@@ -6,7 +6,11 @@ Every task reduces each test row to a few counts (`row_stats`, shape
 - `accuracy`: (correct, total) -> correct / total (sentence tasks: total = 1
   a row; POS: correct words and words of one sentence);
 - `f1`: (true positives, predicted entities, gold entities) of one sentence
-  -> 2 tp / (predicted + gold), the micro entity F1 seqeval computes.
+  -> 2 tp / (predicted + gold), the micro entity F1 seqeval computes;
+- `squad_f1`: (F1 of the question, 1) -> the mean F1 over questions, what
+  MLQA's evaluation reports (a question's F1: its best over the gold answers,
+  with MLQA's normalization: `tf_mbalign.tasks.mlqa.question_counts`); the
+  resampling unit is the question, whatever number of windows it was cut into.
 
 How one cell's interval is computed (a task, a language, S seeds):
 
@@ -45,7 +49,8 @@ Z_95 = 1.959963984540054
 DEFAULT_REPLICATES = 1000
 
 
-def _accuracy(sums):
+def _ratio(sums):
+    """First column over second: accuracy, or a mean of per-row scores."""
     return np.divide(sums[..., 0], sums[..., 1], out=np.zeros(sums.shape[:-1]),
                      where=sums[..., 1] > 0)
 
@@ -56,8 +61,9 @@ def _entity_f1(sums):
                      where=denominator > 0)
 
 
-METRICS = {"accuracy": _accuracy, "f1": _entity_f1}
-STATS_COLUMNS = {"accuracy": ("correct", "total"), "f1": ("true_positive", "predicted", "gold")}
+METRICS = {"accuracy": _ratio, "f1": _entity_f1, "squad_f1": _ratio}
+STATS_COLUMNS = {"accuracy": ("correct", "total"), "f1": ("true_positive", "predicted", "gold"),
+                 "squad_f1": ("f1", "questions")}
 
 
 @dataclasses.dataclass(frozen=True)

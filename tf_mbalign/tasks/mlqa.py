@@ -1,4 +1,5 @@
-"""MLQA (extractive QA, SQuAD v1.1 format): fine-tuning and evaluation.
+"""MLQA (extractive QA, SQuAD v1.1 format): fine-tuning and evaluation, and the
+suite's optional `mlqa` task (`MlqaTask`).
 
 Data (`read_mlqa_dir`): a directory of `dev-context-C-question-Q.json` files
 (or `train-…` + `test-…`), SQuAD v1.1 JSON, question ids shared across
@@ -17,6 +18,12 @@ Settings:
 Evaluation: every context–question pair's test questions, SQuAD F1/EM with
 MLQA's normalization for the context language (`mlqa_metrics`).
 
+The suite task `mlqa` (`MlqaTask`, zero-shot only) trains on the English
+training questions of `dev-context-en-question-en.json` and tests, per
+language XX, the test questions of `dev-context-XX-question-XX.json`; its
+metric is `squad_f1`, one row of counts per question (`question_counts`), so
+its intervals resample questions, not windows.
+
 Long contexts are split into windows of `max_seq_length` tokens with
 `doc_stride` tokens between window starts; a window's label is the answer's
 token span when the answer lies inside, else [CLS] (position 0). At test time
@@ -26,6 +33,7 @@ of a question is the answer.
 
 import dataclasses
 import json
+import os
 import re
 import time
 
@@ -38,6 +46,7 @@ from tf_mbalign.data.language_files import FileLayout, find_language_files
 from tf_mbalign.evaluation import mlqa_metrics, reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.span_extractor import SpanExtractor
+from tf_mbalign.tasks.base import EncodedRows, Task, TaskData, test_subset, training_subset
 from tf_mbalign.training.finetuning import SeedRun, fine_tune, run_per_seed, span_loss
 
 SETTINGS = ("zero_shot", "code_switch")
@@ -90,6 +99,12 @@ def is_train_question(qid):
     return int(qid, 16) % 2 == 0
 
 
+def mini_split(examples):
+    """(training questions, test questions) of one file, by `is_train_question`."""
+    return ([e for e in examples if is_train_question(e.qid)],
+            [e for e in examples if not is_train_question(e.qid)])
+
+
 def read_mlqa_dir(data_dir, pairs=None):
     """{"train"|"test": {(context_lang, question_lang): [QaExample]}}."""
     files = find_language_files(data_dir, _FILES, pairs)
@@ -102,9 +117,8 @@ def read_mlqa_dir(data_dir, pairs=None):
             out["train"][pair] = read_squad_file(paths["train"], *pair)
             out["test"][pair] = read_squad_file(paths["test"], *pair)
         elif "dev" in paths:
-            examples = read_squad_file(paths["dev"], *pair)
-            out["train"][pair] = [e for e in examples if is_train_question(e.qid)]
-            out["test"][pair] = [e for e in examples if not is_train_question(e.qid)]
+            out["train"][pair], out["test"][pair] = mini_split(
+                read_squad_file(paths["dev"], *pair))
         else:
             raise FileNotFoundError(f"{data_dir}: context-{pair[0]}-question-{pair[1]} needs a "
                                     "dev- file or both train- and test- files.")
@@ -255,6 +269,23 @@ def score(examples, answers, language):
     return scores["f1"], scores["exact_match"]
 
 
+def question_counts(examples, answers):
+    """float [questions, 2]: (F1 of the question, 1), the `squad_f1` counts.
+
+    Each question is scored with its context language's normalization, as
+    `score` scores them, so the first column's sum over the second's is
+    `score`'s F1; a question without an answer scores 0.
+    """
+    counts = np.zeros((len(examples), 2))
+    counts[:, 1] = 1.0
+    for row, example in enumerate(examples):
+        if example.qid in answers:
+            counts[row, 0] = mlqa_metrics.score_question(
+                answers[example.qid], [a["text"] for a in example.answers],
+                metric_language(example.context_language))[1]
+    return counts
+
+
 # === One run per seed, then the report ===
 
 @dataclasses.dataclass(frozen=True)
@@ -332,3 +363,62 @@ def _fine_tune(encoder, tokenizer, data, config, finetune, rng, progress):
                               tokenizer.pad_id, rng, progress)
     return tuner, losses, {"train_questions": len(examples),
                            "train_windows": len(features.rows)}
+
+
+# === The suite's `mlqa` task ===
+
+class MlqaTask(Task):
+    """MLQA-mini zero-shot: English training questions, each language's
+    same-language context/question pair tested (module docstring).
+
+    Rows are context windows (`featurize`, `max_seq_length` from the budget,
+    windows starting every max_seq_length // 2 tokens, questions cut to
+    max_seq_length // 4 tokens, at most 64); labels are each window's
+    (start, end) answer positions; `evaluate` gives one row per question.
+    """
+
+    name = "mlqa"
+    metric = "squad_f1"
+    max_answer_length = 30
+
+    def find_files(self, data_root):
+        try:
+            files = find_language_files(os.path.join(data_root, "mlqa"), _FILES)
+        except FileNotFoundError:
+            return None
+        tests = {context: paths["dev"] for (context, question), paths in files.items()
+                 if context == question and "dev" in paths}
+        if "en" not in tests:
+            return None
+        return {"train": tests["en"], "select": None, "tests": tests}
+
+    def read_data(self, files, budget):
+        train, _ = mini_split(read_squad_file(files["train"], "en", "en"))
+        tests = {language: test_subset(mini_split(read_squad_file(path, language, language))[1],
+                                       budget.max_test_examples)
+                 for language, path in files["tests"].items()}
+        return TaskData(training_subset(train, budget.max_train_examples), [], tests, (), files)
+
+    def build_inputs(self, examples, labels, tokenizer, max_length):
+        features = featurize(tokenizer, examples, max_length, doc_stride=max_length // 2,
+                             max_query_length=min(64, max_length // 4))
+        positions = np.stack([features.start_positions, features.end_positions], axis=1)
+        return EncodedRows(features.rows, positions,
+                           {"features": features, "examples": examples})
+
+    def build_model(self, encoder, num_labels, pooling, dropout):
+        return SpanExtractor(encoder, name=f"{self.name}_span_extractor")
+
+    def build_losses(self, labels, outputs):
+        return span_loss(labels, outputs)
+
+    def batch_labels(self, encoded, index):
+        return {"start_positions": encoded.labels[index, 0],
+                "end_positions": encoded.labels[index, 1]}
+
+    def evaluate(self, tuner, encoded, labels, pad_id):
+        features, examples = encoded.extra["features"], encoded.extra["examples"]
+        starts, ends = predict_spans(tuner, features, pad_id)
+        answers = best_spans(features, starts, ends, examples,
+                             max_answer_length=self.max_answer_length)
+        return question_counts(examples, answers)

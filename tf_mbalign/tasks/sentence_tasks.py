@@ -68,11 +68,16 @@ class NliTask(SentenceClassificationTask):
 
     def read_data(self, files, budget):
         train = training_subset(readers.read_pairs(files["train"]), budget.max_train_examples)
-        select = (test_subset(readers.read_pairs(files["select"]), budget.max_select_examples)
-                  if files.get("select") else [])
         tests = {language: test_subset(readers.read_pairs(path), budget.max_test_examples)
                  for language, path in files["tests"].items()}
-        return TaskData(train, select, tests, readers.NLI_LABELS, files)
+        return TaskData(train, self.read_selection(files, budget), tests, readers.NLI_LABELS,
+                        files)
+
+    def read_selection(self, files, budget):
+        """The English selection rows (`snli-test.tsv`), [] without that file."""
+        if not files.get("select"):
+            return []
+        return test_subset(readers.read_pairs(files["select"]), budget.max_select_examples)
 
     def build_inputs(self, examples, labels, tokenizer, max_length):
         first = tokenize_sentences(tokenizer, [e.premise for e in examples])

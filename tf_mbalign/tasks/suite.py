@@ -1,8 +1,10 @@
 """The zero-shot transfer suite: every task whose files are present, for one or two encoders.
 
-One job per (encoder, task): `nli`, `ner`, `pos`, `topic` (the ones whose
-files are under the data root, `registry.TASKS`) and `retrieval` ([CLS] and
-mean pooling). A job writes `<output_dir>/<encoder label>/<task>.json` when
+One job per (encoder, task) for the selected tasks (`SuiteConfig.tasks`,
+`--tasks`; default `DEFAULT_TASKS`: `nli`, `ner`, `pos`, `topic` and
+`retrieval` with [CLS] and mean pooling; `OPTIONAL_TASKS`, `xnli_mini` and
+`mlqa`, only when named) whose files are under the data root
+(`registry.TASKS`). A job writes `<output_dir>/<encoder label>/<task>.json` when
 it finishes, recording what made it:
 
     {"job": {"task", "encoder", "settings", "settings_hash", "code_version"}, ...}
@@ -38,6 +40,8 @@ from tf_mbalign.tasks import budgets
 from tf_mbalign.atomic_files import write_text_atomic
 
 RETRIEVAL = "retrieval"
+DEFAULT_TASKS = ("nli", "ner", "pos", "topic", RETRIEVAL)
+OPTIONAL_TASKS = ("xnli_mini", "mlqa")  # the XNLI-mini and MLQA-mini protocols
 FINETUNE_DROPOUT = 0.1
 
 
@@ -52,7 +56,10 @@ class SuiteConfig:
     Args:
         encoders: one or two `--encoder` values; with two, the second is
             compared against the first (B minus A).
-        data_root: folder holding nli/, xnli/, panx/, udpos/, sib200/, tatoeba/.
+        data_root: folder holding nli/, xnli/, panx/, udpos/, sib200/, tatoeba/
+            (and mlqa/ for the optional `mlqa`).
+        tasks: names of `DEFAULT_TASKS` and `OPTIONAL_TASKS` to run (those
+            whose files are present).
         budget: a name of `budgets.BUDGETS`.
         seeds: number of fine-tuning seeds (0 .. seeds-1).
         output_dir: where jobs and reports go.
@@ -63,6 +70,7 @@ class SuiteConfig:
 
     encoders: tuple
     data_root: str
+    tasks: tuple = DEFAULT_TASKS
     budget: str = "cpu"
     seeds: int = 2
     output_dir: str = os.path.join("results", "suite")
@@ -88,13 +96,27 @@ def encoder_labels(specs):
     return labels
 
 
-def present_tasks(data_root):
-    """{task name: files} of the tasks whose files are under `data_root`, in run order."""
+def select_tasks(names):
+    """The named tasks (`--tasks`) in run order; an unknown name is an error naming the choices."""
+    names = [name.strip() for name in names if name.strip()]
+    choices = (*DEFAULT_TASKS, *OPTIONAL_TASKS)
+    unknown = [name for name in names if name not in choices]
+    if unknown or not names:
+        raise ValueError(f"--tasks={','.join(names)}: "
+                         + (f"unknown task(s) {', '.join(unknown)}; " if unknown else "no task; ")
+                         + f"choose from {', '.join(choices)} (default: {','.join(DEFAULT_TASKS)}; "
+                         f"optional: {', '.join(OPTIONAL_TASKS)}).")
+    return tuple(name for name in choices if name in names)
+
+
+def present_tasks(data_root, names=DEFAULT_TASKS):
+    """{task name: files} of the tasks `names` whose files are under `data_root`, in run order."""
     from tf_mbalign.tasks import registry, runner
 
     data_root = os.path.abspath(data_root)  # files are recorded with absolute paths
-    found = {name: task.find_files(data_root) for name, task in registry.TASKS.items()}
-    found[RETRIEVAL] = runner.retrieval_files(data_root)
+    found = {name: (runner.retrieval_files(data_root) if name == RETRIEVAL
+                    else registry.TASKS[name].find_files(data_root))
+             for name in select_tasks(names)}
     return {name: files for name, files in found.items() if files}
 
 
@@ -188,18 +210,24 @@ def _run_job_in_subprocess(record, path, progress):
         return json.load(f)
 
 
-def plan_jobs(config):
+def plan_jobs(config, log=print):
     """[(label, task name, record, output path)] of every job, checked before any runs."""
     budget = budgets.get_budget(config.budget)
     if not 1 <= len(config.encoders) <= 2:
         raise ValueError("the suite compares one or two encoders.")
     if config.seeds < 1:
         raise ValueError(f"--seeds={config.seeds}: at least 1.")
-    tasks = present_tasks(config.data_root)
+    selected = select_tasks(config.tasks)
+    tasks = present_tasks(config.data_root, selected)
     if not tasks:
         raise FileNotFoundError(
-            f"{config.data_root}: no task files (expected nli/snli-train.tsv + xnli/, "
-            "panx/, udpos/, sib200/ or tatoeba/; see the README's suite section).")
+            f"{config.data_root}: no task files for --tasks={','.join(selected)} (expected "
+            "nli/snli-train.tsv + xnli/, panx/, udpos/, sib200/, tatoeba/, or for the optional "
+            "tasks xnli/dev-XX.tsv (xnli_mini), mlqa/dev-context-XX-question-XX.json (mlqa); "
+            "see the README's suite section).")
+    absent = [name for name in selected if name not in tasks]
+    if absent:
+        log(f"no files under {config.data_root} for {', '.join(absent)}: not run")
     specs = [encoder_spec(s) for s in config.encoders]
     jobs = []
     for name, files in tasks.items():
@@ -214,7 +242,7 @@ def run_suite(config, log=print):
     """Runs (or reuses) every job, then writes the reports; returns the summary dict."""
     from tf_mbalign.tasks import suite_report
 
-    jobs = plan_jobs(config)
+    jobs = plan_jobs(config, log)
     finished = {(label, name): finished_job(path, record) for label, name, record, path in jobs}
     for number, (label, name, record, path) in enumerate(jobs, 1):
         prefix = f"[{number}/{len(jobs)}] {label} {name}"

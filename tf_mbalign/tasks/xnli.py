@@ -1,4 +1,5 @@
-"""XNLI fine-tuning and zero-shot / translate-train / code-switched evaluation.
+"""XNLI fine-tuning and zero-shot / translate-train / code-switched evaluation,
+and the suite's optional `xnli_mini` task (`XnliMiniTask`).
 
 Data (`read_xnli_dir`): a directory of `dev-XX.tsv` (or `train-XX.tsv` +
 `test-XX.tsv`) files, `premise<TAB>hypothesis<TAB>label`, rows line-aligned
@@ -18,9 +19,15 @@ Settings (`SETTINGS`):
   (non-English examples) or in a random other training language (English
   examples): `tf_mbalign.data.code_switching`.
 Test rows are never trained on; every language is evaluated on its test rows.
+
+The suite task `xnli_mini` (`XnliMiniTask`, zero-shot only) reads
+`<root>/xnli/dev-XX.tsv`: rows i % 3 != 2 of the English file train, rows
+i % 3 == 2 of every language's file test; `<root>/nli/snli-test.tsv`, when
+present, is its English selection file (as for `nli`; never XNLI rows).
 """
 
 import dataclasses
+import os
 import re
 import time
 
@@ -35,6 +42,9 @@ from tf_mbalign.data.tsv_files import NLI_LABELS, nli_rows
 from tf_mbalign.evaluation import reports
 from tf_mbalign.evaluation.sentence_embedding import tokenize_sentences
 from tf_mbalign.modeling.classifiers import PooledClassifier
+from tf_mbalign.tasks import readers
+from tf_mbalign.tasks.base import TaskData, test_subset, training_subset
+from tf_mbalign.tasks.sentence_tasks import NliTask
 from tf_mbalign.training.finetuning import (SeedRun, classification_loss, fine_tune,
                                             run_per_seed)
 
@@ -74,9 +84,7 @@ def read_xnli_dir(data_dir, languages=None):
         if "train" in paths and "test" in paths:
             train[lang], test[lang] = _read_tsv(paths["train"]), _read_tsv(paths["test"])
         elif "dev" in paths:  # XNLI-mini
-            rows = _read_tsv(paths["dev"])
-            train[lang] = [r for i, r in enumerate(rows) if i % 3 != 2]
-            test[lang] = [r for i, r in enumerate(rows) if i % 3 == 2]
+            train[lang], test[lang] = mini_split(_read_tsv(paths["dev"]))
         else:
             raise FileNotFoundError(f"{data_dir}: {lang} has {sorted(paths)} files; expected "
                                     f"dev-{lang}.tsv or both train-{lang}.tsv and test-{lang}.tsv.")
@@ -84,6 +92,12 @@ def read_xnli_dir(data_dir, languages=None):
         for lang, rows in split.items():
             _check_aligned(split["en"], rows, lang)
     return NliData(train, test)
+
+
+def mini_split(rows):
+    """(training rows, test rows) of one XNLI-mini file: rows i % 3 != 2 train."""
+    return ([r for i, r in enumerate(rows) if i % 3 != 2],
+            [r for i, r in enumerate(rows) if i % 3 == 2])
 
 
 def _check_aligned(english, rows, lang):
@@ -256,3 +270,42 @@ def _fine_tune(encoder, tokenizer, data, config, finetune, rng, progress):
     tuner, losses = fine_tune(model, classification_loss, finetune, rows,
                               lambda index: labels[index], tokenizer.pad_id, rng, progress)
     return tuner, losses, len(rows)
+
+
+# === The suite's `xnli_mini` task ===
+
+class XnliMiniTask(NliTask):
+    """XNLI-mini zero-shot: `NliTask`'s inputs, model and metric on the mini split
+    of the line-aligned `xnli/dev-XX.tsv` files (module docstring)."""
+
+    name = "xnli_mini"
+
+    def find_files(self, data_root):
+        try:
+            files = find_language_files(os.path.join(data_root, "xnli"), _FILES)
+        except FileNotFoundError:
+            return None
+        tests = {language: paths["dev"] for language, paths in files.items() if "dev" in paths}
+        if "en" not in tests:
+            return None
+        select = os.path.join(data_root, "nli", "snli-test.tsv")
+        return {"train": tests["en"], "select": select if os.path.isfile(select) else None,
+                "tests": tests}
+
+    def read_data(self, files, budget):
+        english = _read_tsv(files["train"])
+        tests = {}
+        for language, path in files["tests"].items():
+            rows = _read_tsv(path)
+            _check_aligned(english, rows, language)
+            tests[language] = _pair_examples(test_subset(mini_split(rows)[1],
+                                                         budget.max_test_examples))
+        train = _pair_examples(training_subset(mini_split(english)[0],
+                                               budget.max_train_examples))
+        return TaskData(train, self.read_selection(files, budget), tests, LABELS, files)
+
+
+def _pair_examples(rows):
+    """`readers.PairExample`s (what `NliTask.build_inputs` reads) of reader rows."""
+    return [readers.PairExample(premise, hypothesis, LABELS[label], source)
+            for premise, hypothesis, label, source in rows]
