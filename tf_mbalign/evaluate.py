@@ -176,7 +176,13 @@ _AGAINST = flags.DEFINE_string("against", "", "suite: a second encoder, compared
                                "--encoder (differences are against minus encoder).")
 _BUDGET = flags.DEFINE_enum("budget", "cpu", ["cpu", "full", "tiny"], "suite: data and "
                             "schedule per task (tf_mbalign/tasks/budgets.py).")
-_SEEDS = flags.DEFINE_integer("seeds", 2, "suite: fine-tuning seeds per task (0 .. N-1).")
+_SEEDS = flags.DEFINE_integer("seeds", 2, "suite: fine-tuning seeds per task "
+                              "(--first_seed .. --first_seed+N-1).")
+_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "suite: the first fine-tuning seed (fresh "
+                                   "seeds to confirm a choice: e.g. 100).")
+_TEST_ROWS = flags.DEFINE_enum("test_rows", "all", ["all", "even", "odd"], "suite: every test "
+                               "row, or one of two disjoint interleaved halves of each test file "
+                               "(choose a recipe on one half, confirm it on the other).")
 _TASKS = flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "suite: the tasks to run (those whose "
                            f"files are present); optional ones: {', '.join(OPTIONAL_TASKS)}.")
 _JOB_PROCESSES = flags.DEFINE_boolean("job_processes", True, "suite: each job in its own "
@@ -194,7 +200,8 @@ def run_suite_command():
     config = SuiteConfig(
         encoders=tuple(spec for spec in (_ENCODER.value, _AGAINST.value) if spec),
         data_root=data_root(), tasks=tuple(_TASKS.value), budget=_BUDGET.value,
-        seeds=_SEEDS.value, output_dir=output_dir, job_processes=_JOB_PROCESSES.value,
+        seeds=_SEEDS.value, first_seed=_FIRST_SEED.value, test_rows=_TEST_ROWS.value,
+        output_dir=output_dir, job_processes=_JOB_PROCESSES.value,
         progress=not _QUIET.value)
     run_suite(config)
 

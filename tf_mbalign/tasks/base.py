@@ -82,9 +82,20 @@ def training_subset(examples, limit):
     return [examples[i] for i in sorted(order)]
 
 
-def test_subset(examples, limit):
-    """The first `limit` examples (line-aligned files stay aligned)."""
-    return list(examples[:limit or None])
+TEST_ROWS = ("all", "even", "odd")
+
+
+def test_subset(examples, limit, rows="all"):
+    """The first `limit` examples of `rows` (line-aligned files stay aligned).
+
+    `rows` is "all", or "even" / "odd": the rows at even / odd positions of
+    the file, two disjoint halves interleaved through it (one half to choose
+    a recipe on, the other to confirm it).
+    """
+    if rows not in TEST_ROWS:
+        raise ValueError(f"test rows {rows!r}: choose from {', '.join(TEST_ROWS)}.")
+    chosen = examples if rows == "all" else examples[TEST_ROWS.index(rows) - 1::2]
+    return list(chosen[:limit or None])
 
 
 def predict_batches(tuner, rows, pad_id, batch_size=64):

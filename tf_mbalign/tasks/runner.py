@@ -18,6 +18,7 @@ from tf_mbalign.data.dynamic_padding import pad_rows
 from tf_mbalign.evaluation.retrieval import read_bitext_dir
 from tf_mbalign.evaluation.sentence_embedding import SentenceEmbedder
 from tf_mbalign.modeling.pooling import POOLINGS
+from tf_mbalign.tasks.base import test_subset
 from tf_mbalign.tasks.intervals import metric_value
 from tf_mbalign.training.finetuning import FinetuneConfig, FineTuner, loss_summary, start_seed
 
@@ -58,8 +59,18 @@ def _fine_tune(task, trained, data, train, pooling, config, seed, initial_weight
     return tuner, losses, steps
 
 
+def read_task_data(task, files, task_budget, test_rows="all"):
+    """`task.read_data`, its test rows limited to `test_rows` (`base.test_subset`) first."""
+    if test_rows == "all":
+        return task.read_data(files, task_budget)
+    data = task.read_data(files, dataclasses.replace(task_budget, max_test_examples=0))
+    data.tests = {language: test_subset(examples, task_budget.max_test_examples, test_rows)
+                  for language, examples in data.tests.items()}
+    return data
+
+
 def run_finetuned_task(task, trained, files, budget, seeds, dropout=0.1, log=print,
-                       progress=True):
+                       progress=True, test_rows="all"):
     """Fine-tunes `trained.encoder` per seed on English and tests every language.
 
     Args:
@@ -71,12 +82,13 @@ def run_finetuned_task(task, trained, files, budget, seeds, dropout=0.1, log=pri
         dropout: encoder and head dropout while fine-tuning.
         log: callable taking a line of text.
         progress: show a progress bar while fine-tuning.
+        test_rows: "all", "even" or "odd" rows of each test file (`base.test_subset`).
 
     Returns:
         {"tables": {task.name: ...}, "training": {...}, "pooling_selection": ...}
     """
     task_budget = budget.task(task.name)
-    data = task.read_data(files, task_budget)
+    data = read_task_data(task, files, task_budget, test_rows)
     max_length = _max_length(trained, task_budget)
 
     def encode(examples):
@@ -174,10 +186,19 @@ def retrieval_counts(foreign_vectors, english_vectors):
     return counts
 
 
-def run_retrieval(trained, data_root, budget, log=print, progress=True):
+def read_retrieval_pairs(data_root, budget, test_rows="all"):
+    """{language: Bitext} of the Tatoeba pairs the budget and `test_rows` keep."""
+    data = read_bitext_dir(os.path.join(data_root, "tatoeba"))
+    for bitext in data.values():
+        bitext.foreign, bitext.english = (
+            test_subset(lines, budget.retrieval_max_pairs, test_rows)
+            for lines in (bitext.foreign, bitext.english))
+    return data
+
+
+def run_retrieval(trained, data_root, budget, log=print, progress=True, test_rows="all"):
     """Top-1 retrieval, XX->en and en->XX, with [CLS] and with mean pooling (last layer)."""
-    data = read_bitext_dir(os.path.join(data_root, "tatoeba"), None,
-                           budget.retrieval_max_pairs or None)
+    data = read_retrieval_pairs(data_root, budget, test_rows)
     tables = {}
     for pooling in POOLINGS:
         embedder = SentenceEmbedder(trained.encoder, trained.tokenizer, pooling, -1,

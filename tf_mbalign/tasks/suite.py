@@ -37,6 +37,7 @@ import time
 
 import tf_mbalign
 from tf_mbalign.tasks import budgets
+from tf_mbalign.tasks.base import TEST_ROWS
 from tf_mbalign.atomic_files import write_text_atomic
 
 RETRIEVAL = "retrieval"
@@ -61,7 +62,10 @@ class SuiteConfig:
         tasks: names of `DEFAULT_TASKS` and `OPTIONAL_TASKS` to run (those
             whose files are present).
         budget: a name of `budgets.BUDGETS`.
-        seeds: number of fine-tuning seeds (0 .. seeds-1).
+        seeds: number of fine-tuning seeds (first_seed .. first_seed+seeds-1).
+        first_seed: the first of them (fresh seeds for a confirmation run).
+        test_rows: "all", or "even" / "odd": one of two disjoint interleaved
+            halves of every test file (choose on one, confirm on the other).
         output_dir: where jobs and reports go.
         job_processes: run each job in its own Python process.
         replicates: bootstrap replicates of the intervals.
@@ -73,6 +77,8 @@ class SuiteConfig:
     tasks: tuple = DEFAULT_TASKS
     budget: str = "cpu"
     seeds: int = 2
+    first_seed: int = 0
+    test_rows: str = "all"
     output_dir: str = os.path.join("results", "suite")
     job_processes: bool = True
     replicates: int = 1000
@@ -120,10 +126,16 @@ def present_tasks(data_root, names=DEFAULT_TASKS):
     return {name: files for name, files in found.items() if files}
 
 
-def job_settings(task_name, files, budget, seeds, data_root):
-    """Everything besides the encoder that changes a job's figures."""
+def job_settings(task_name, files, budget, seeds, data_root, test_rows="all"):
+    """Everything besides the encoder that changes a job's figures.
+
+    `test_rows` is recorded only when it is not "all", so that jobs made
+    before it existed keep their hashes.
+    """
     settings = {"task": task_name, "budget": budget.name, "data_root": os.path.abspath(data_root),
                 "files": files}
+    if test_rows != "all":
+        settings["test_rows"] = test_rows
     if task_name == RETRIEVAL:
         settings.update(max_pairs=budget.retrieval_max_pairs,
                         max_length=budget.retrieval_max_length, layer=-1)
@@ -179,12 +191,14 @@ def run_job(record, output_path, progress=True, log=print):
     budget = budgets.get_budget(settings["budget"])
     if record["task"] == RETRIEVAL:
         trained = load_trained_encoder(record["encoder"], dropout=0.0)
-        result = runner.run_retrieval(trained, settings["data_root"], budget, log, progress)
+        result = runner.run_retrieval(trained, settings["data_root"], budget, log, progress,
+                                      settings.get("test_rows", "all"))
     else:
         trained = load_trained_encoder(record["encoder"], dropout=settings["dropout"])
         result = runner.run_finetuned_task(
             registry.TASKS[record["task"]], trained, settings["files"], budget,
-            settings["seeds"], settings["dropout"], log, progress)
+            settings["seeds"], settings["dropout"], log, progress,
+            settings.get("test_rows", "all"))
     result = {"job": record, **result, "wall_seconds": round(time.time() - started, 1)}
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     write_text_atomic(output_path, json.dumps(result, ensure_ascii=False) + "\n")
@@ -217,6 +231,8 @@ def plan_jobs(config, log=print):
         raise ValueError("the suite compares one or two encoders.")
     if config.seeds < 1:
         raise ValueError(f"--seeds={config.seeds}: at least 1.")
+    if config.test_rows not in TEST_ROWS:
+        raise ValueError(f"--test_rows={config.test_rows}: choose from {', '.join(TEST_ROWS)}.")
     selected = select_tasks(config.tasks)
     tasks = present_tasks(config.data_root, selected)
     if not tasks:
@@ -231,7 +247,8 @@ def plan_jobs(config, log=print):
     specs = [encoder_spec(s) for s in config.encoders]
     jobs = []
     for name, files in tasks.items():
-        settings = job_settings(name, files, budget, range(config.seeds), config.data_root)
+        seeds = range(config.first_seed, config.first_seed + config.seeds)
+        settings = job_settings(name, files, budget, seeds, config.data_root, config.test_rows)
         for label, spec in zip(encoder_labels(config.encoders), specs):
             path = os.path.join(config.output_dir, label, f"{name}.json")
             jobs.append((label, name, job_record(name, spec, settings), path))
