@@ -39,7 +39,7 @@ import keras
 
 from tf_mbalign import distribute
 from tf_mbalign.atomic_files import write_text_atomic
-from tf_mbalign.config import WITHOUT_MLM_HEAD, checkpoint_kind
+from tf_mbalign.config import RANDOM, WITH_MLM_HEAD, WITHOUT_MLM_HEAD, checkpoint_kind
 from tf_mbalign.data import corpus as corpus_lib
 from tf_mbalign.data import pipeline
 from tf_mbalign.modeling import encoders
@@ -188,8 +188,8 @@ class AlignmentRun:
         """Prints the checkpoint-dependent settings with their sources, and
         warns when TLM would train the encoder against an untrained head."""
         config = self.config
-        kind = {"mlm_head": "has an MLM head", "no_mlm_head": "has no MLM head",
-                "random": "is a random test encoder"}[self.checkpoint_kind]
+        kind = {WITH_MLM_HEAD: "has an MLM head", WITHOUT_MLM_HEAD: "has no MLM head",
+                RANDOM: "is a random test encoder"}[self.checkpoint_kind]
         self.log(f"settings by checkpoint (the encoder {kind}):")
         for name, source in self.default_sources.items():
             self.log(f"  --{name}={getattr(config, name)}  [{source}]")
