@@ -289,7 +289,8 @@ class AlignmentRun:
             config.global_batch_size, int(self.state.examples_consumed.numpy()),
             config.head_warmup_steps)
         self.log(
-            f"head warm-up done: TLM accuracy {measured['head_warmup_tlm_accuracy']:.1%} "
+            ("" if config.quiet else "\n")  # after the progress bar's line
+            + f"head warm-up done: TLM accuracy {measured['head_warmup_tlm_accuracy']:.1%} "
             f"on its last {measured['head_warmup_check_batches']} batches "
             f"({measured['head_warmup_check_tokens']} masked tokens, dropout off); "
             f"the encoder trains from step {config.head_warmup_steps + 1}")
