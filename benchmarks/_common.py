@@ -268,7 +268,8 @@ class OurStep:
         )
         try:
             encoder = build_random_encoder(shape, dropout)
-            self.training = build_alignment_step(config, EncoderBundle(encoder, None, "random"))
+            bundle = EncoderBundle(encoder, None, "random", pretrained=False)
+            self.training = build_alignment_step(config, bundle)
             self.aligner = self.training.aligner
         finally:
             distribute.set_precision("float32")

@@ -1,10 +1,13 @@
 """Checks that need several logical devices, run in a fresh process.
 
-`python tests/distributed_checks.py mirrored_equivalence OUT.json` splits the
-CPU into 2 logical devices (possible only before TensorFlow starts, hence a
-separate process), runs the same steps on one device and under
-MirroredStrategy on the same global batches, and writes the per-step metrics
-and the largest weight differences to OUT.json for the test to check.
+`python tests/distributed_checks.py mirrored_equivalence OUT.json [NEGATIVES]`
+splits the CPU into 2 logical devices (possible only before TensorFlow
+starts, hence a separate process), runs the same steps on one device and
+under MirroredStrategy on the same global batches, and writes the per-step
+metrics and the largest weight differences to OUT.json for the test to check.
+NEGATIVES is `queue` (MoCo, the default) or `in_batch` (symmetric InfoNCE over
+the global batch; two rows on different replicas are then given the same
+pair id, so the cross-replica same-pair mask is exercised too).
 """
 
 import json
@@ -34,11 +37,12 @@ STEPS = 3
 GLOBAL_BATCH = 8
 
 
-def _config():
+def _config(negatives="queue"):
     return TrainConfig(
         encoder="tiny:demo", model_dir="/tmp/unused", train_steps=STEPS, global_batch_size=GLOBAL_BATCH,
         queue_size=12, max_seq_length=48, max_sentence_length=24, max_predictions_per_seq=8,
         learning_rate=1e-3, warmup_steps=0, dropout=0.0, max_gradient_norm=0.5, momentum=0.9,
+        contrastive_negatives=negatives, tlm_weight=0.5 if negatives == "in_batch" else 1.0,
     )
 
 
@@ -49,8 +53,37 @@ def _metrics(aligner):
     return logs
 
 
-def mirrored_equivalence(out_path):
-    config = _config()
+def _shared_pair_id(batch):
+    """Rows 1 (replica 0) and 5 (replica 1) claim the same pair."""
+    pair_id = batch["pair_id"].numpy()
+    pair_id[5] = pair_id[1]
+    return dict(batch, pair_id=tf.constant(pair_id))
+
+
+def _summed_gradients(aligner, batch):
+    """The loss's gradients of every trained variable, summed over replicas
+    (replica context): what the optimizer's all-reduce hands on."""
+    variables = aligner.trained_variables(True)
+    with tf.GradientTape() as tape:
+        losses, _ = aligner.compute_losses(batch, aligner.momentum_keys(batch))
+    gradients = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(tape.gradient(losses["loss"], variables), variables)]
+    context = tf.distribute.get_replica_context()
+    if context.num_replicas_in_sync > 1:
+        gradients = context.all_reduce("sum", gradients)
+    return gradients
+
+
+def _largest_relative_difference(reference, other, floor=1e-6):
+    """max over variables of max|a - b| / max(max|a|, floor): float32 noise
+    in entries below `floor` (e.g. attention key biases, whose gradient is 0
+    in exact arithmetic) does not count."""
+    return max(float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(a))), floor)
+               for a, b in zip(reference, other) if a.size)
+
+
+def mirrored_equivalence(out_path, negatives="queue"):
+    config = _config(negatives)
     keras.utils.set_random_seed(0)
     corpus = corpus_lib.read_corpus("demo")
     bundle = encoders.load_encoder(config.encoder, dropout=0.0)
@@ -60,6 +93,8 @@ def mirrored_equivalence(out_path):
         pipeline.build_dataset(corpus, bundle.tokenizer, config.pipeline_config(), GLOBAL_BATCH)
         .take(STEPS)
     )
+    if negatives == "in_batch":
+        batches = [_shared_pair_id(b) for b in batches]
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
@@ -79,14 +114,26 @@ def mirrored_equivalence(out_path):
     report = {"single": [], "mirrored": [], "max_weight_diff": [], "max_queue_diff": [],
               "weights_changed": [], "replicas": strategy.num_replicas_in_sync}
     before = [w.copy() for w in single.encoder.get_weights()]
-    for batch in batches:
+
+    def split(batch):
         half = GLOBAL_BATCH // 2
-        distributed = strategy.experimental_distribute_values_from_function(
+        return strategy.experimental_distribute_values_from_function(
             lambda ctx, b=batch: {
                 k: v[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half]
                 for k, v in b.items()
             }
         )
+
+    # The gradients themselves, before any step (Adam's first steps divide by
+    # |g|, which amplifies float32 summation differences in tiny entries).
+    single_gradients = tf.function(lambda b: _summed_gradients(single, b))(batches[0])
+    mirrored_gradients = tf.function(lambda b: strategy.run(
+        lambda x: _summed_gradients(mirrored, x), args=(b,)))(split(batches[0]))
+    report["max_gradient_relative_diff"] = _largest_relative_difference(
+        [g.numpy() for g in single_gradients],
+        [g.numpy() for g in strategy.experimental_local_results(mirrored_gradients)[0]])
+    for batch in batches:
+        distributed = split(batch)
         single_step(batch)
         mirrored_step(distributed)
         report["single"].append(_metrics(single))
@@ -94,15 +141,18 @@ def mirrored_equivalence(out_path):
         diffs = [float(np.max(np.abs(a - b))) if a.size else 0.0
                  for a, b in zip(single.get_weights(), mirrored.get_weights())]
         report["max_weight_diff"].append(max(diffs))
-        report["max_queue_diff"].append(float(np.max(np.abs(
-            single.key_queue.keys.numpy() - mirrored.key_queue.keys.numpy()))))
+        if single.key_queue is not None:
+            report["max_queue_diff"].append(float(np.max(np.abs(
+                single.key_queue.keys.numpy() - mirrored.key_queue.keys.numpy()))))
         report["weights_changed"].append(max(
             float(np.max(np.abs(a - b))) if a.size else 0.0
             for a, b in zip(before, single.encoder.get_weights())))
-    report["queue_filled"] = [int(single.key_queue.filled.numpy()),
-                              int(mirrored.key_queue.filled.numpy())]
-    report["queue_pointer"] = [int(single.key_queue.pointer.numpy()),
-                               int(mirrored.key_queue.pointer.numpy())]
+    report["negatives"] = negatives
+    if single.key_queue is not None:
+        report["queue_filled"] = [int(single.key_queue.filled.numpy()),
+                                  int(mirrored.key_queue.filled.numpy())]
+        report["queue_pointer"] = [int(single.key_queue.pointer.numpy()),
+                                   int(mirrored.key_queue.pointer.numpy())]
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
 
@@ -140,5 +190,5 @@ def gathered_keys(out_path):
 
 if __name__ == "__main__":
     {"mirrored_equivalence": mirrored_equivalence, "gathered_keys": gathered_keys}[sys.argv[1]](
-        sys.argv[2]
+        *sys.argv[2:]
     )

@@ -37,7 +37,20 @@ def test_finished_run_writes_and_prints_the_summary_and_its_load_lines_work(tmp_
     assert set(summary["metrics"]) == {"head_warmup", "encoder"}
     assert summary["metrics"]["head_warmup"]["start"]["moco_loss"] is None  # empty queue
     assert summary["metrics"]["encoder"]["end"]["moco_accuracy"] is not None
-    assert summary["corpus"]["pairs"] == 1200 and summary["corpus"]["languages"]["de"] == 200
+    # The demo less its held-out pairs (20 a language for the alignment check,
+    # and 6 more that share a sentence with one).
+    assert summary["corpus"]["pairs"] == 1074 and summary["corpus"]["languages"]["de"] == 178
+    assert summary["corpus"]["held_out"] == 126
+    # The warm-up's measurement and the settings by checkpoint, with sources.
+    assert summary["head_warmup_check"]["step"] == 1
+    assert summary["head_warmup_check"]["batches"] == 1
+    assert summary["head_warmup_check"]["masked_tokens"] > 0
+    assert 0 <= summary["head_warmup_check"]["tlm_accuracy"] <= 1
+    assert summary["checkpoint_defaults"]["queue_size"] == {"value": 16,
+                                                            "source": "set: --queue_size"}
+    assert summary["checkpoint_defaults"]["temperature"]["value"] == 0.07
+    assert summary["objectives"] == {"tlm_weight": 1.0, "contrastive_weight": 1.0,
+                                     "contrastive_negatives": "queue"}
     assert summary["checkpoints"]["latest"] == "ckpt-3"
     assert 0 < summary["checkpoints"]["latest_bytes"] <= summary["checkpoints"]["all_bytes"]
     # Export paths relative to model_dir, and they exist.

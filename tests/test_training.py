@@ -56,10 +56,13 @@ def test_training_lowers_the_losses(tmp_path):
 
 
 @pytest.mark.distributed
-def test_mirrored_step_equals_single_device_step(tmp_path):
+@pytest.mark.parametrize("negatives", ["queue", "in_batch"])
+def test_mirrored_step_equals_single_device_step(tmp_path, negatives):
+    """MoCo's queue, and in-batch negatives gathered over replicas with their
+    gradient (with tlm_weight 0.5 and a pair id shared across replicas)."""
     out = tmp_path / "mirrored.json"
     result = run_module([os.path.join(REPO_ROOT, "tests", "distributed_checks.py"),
-                         "mirrored_equivalence", str(out)])
+                         "mirrored_equivalence", str(out), negatives])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["replicas"] == 2
@@ -69,11 +72,19 @@ def test_mirrored_step_equals_single_device_step(tmp_path):
             # Relative: losses and gradient norms are O(1-10); replicas sum in another order.
             assert abs(single[key] - mirrored[key]) <= 1e-5 * max(1.0, abs(single[key])), (
                 key, single, mirrored)
-    assert max(report["max_weight_diff"]) <= 1e-5
-    assert max(report["max_queue_diff"]) <= 1e-5
+    # The summed gradients agree to float32 summation noise (without the
+    # all-gather's gradient, in-batch negatives differ by ~25% here).
+    assert report["max_gradient_relative_diff"] <= 1e-4
+    # Adam's first steps divide by |g|: in-batch rounding (more summed paths)
+    # reaches 1.6e-5 in a few tiny-gradient weights after 3 steps, MoCo 1.2e-7.
+    assert max(report["max_weight_diff"]) <= (1e-5 if negatives == "queue" else 5e-5)
     assert min(report["weights_changed"]) > 5e-4  # the steps really trained (Adam: ~lr)
-    assert report["single"][1]["moco_loss"] > 0  # negatives from the queue were used
-    assert report["queue_filled"] == [12, 12] and report["queue_pointer"] == [0, 0]
+    assert report["single"][1]["moco_loss"] > 0  # negatives were used
+    if negatives == "queue":
+        assert max(report["max_queue_diff"]) <= 1e-5
+        assert report["queue_filled"] == [12, 12] and report["queue_pointer"] == [0, 0]
+    else:
+        assert report["negatives"] == "in_batch" and not report["max_queue_diff"]
 
 
 # Two local MultiWorkerMirroredStrategy workers train, are preempted and
@@ -133,6 +144,10 @@ def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
     assert positions[0] < result.stdout.index("\n  --corpus ") < positions[1]
     assert positions[1] < result.stdout.index("\n  --encoder ") < positions[2]
     assert "e5_small or embedded" in result.stdout  # the encoder aliases, documented
+    # Defaults that depend on the checkpoint say so, with both values.
+    assert "--temperature (default: by checkpoint: 0.07 with an MLM head, 0.05 without " \
+           "(placeholder))" in result.stdout
+    assert "\n  --tlm_weight " in result.stdout and "\n  --contrastive_negatives " in result.stdout
     assert not (tmp_path / "run").exists()
 
 
@@ -200,10 +215,24 @@ def test_binary_trains_resumes_and_exports(tmp_path):
     run_dir = tmp_path / "run"
     flags = json.loads((run_dir / "flags.json").read_text())
     assert flags["train_steps"] == 2 and flags["encoder"] == "tiny:demo"
+    # Checkpoint-dependent values resolved (a random test encoder: no warm-up).
+    assert flags["head_warmup_steps"] == 0 and flags["temperature"] == 0.07
+    assert flags["checkpoint_default_sources"]["queue_size"] == "set: --queue_size"
+    assert "settings by checkpoint (the encoder is a random test encoder):" in result.stdout
     assert os.listdir(run_dir / "tensorboard")
+    # The before -> after check: printed, and both halves in model_dir.
+    assert "alignment check: 120 demo pairs held out of training" in result.stdout
+    check = json.loads((run_dir / "alignment_check.json").read_text())
+    assert (check["before"]["step"], check["after"]["step"]) == (0, 2)
+    assert set(check["after"]) == {"step", "candidates", "all", "ar", "de", "fr", "hi", "ru", "zh"}
+    assert check["after"]["candidates"] == 120 and check["after"]["de"]["pairs"] == 20
+    assert check["before"]["all"] != check["after"]["all"]  # the encoder trained in between
     again = _train(args[:0] + ["--train_steps=3"] + args[1:], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stdout and "step 3 loss=" in again.stdout
+    # The resumed session reports against the first session's "before".
+    resumed_check = json.loads((run_dir / "alignment_check.json").read_text())
+    assert resumed_check["before"] == check["before"] and resumed_check["after"]["step"] == 3
 
     # The export reloads in a fresh process and reproduces the Keras model.
     check = (

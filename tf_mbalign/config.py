@@ -3,6 +3,11 @@
 The binary (`tf_mbalign.train`) calls `define_flags()`, parses the flags and
 calls `TrainConfig.from_flags()`; library code and tests build `TrainConfig`
 directly with keyword arguments.
+
+A few defaults depend on the checkpoint (`CHECKPOINT_DEFAULTS`): such a field
+is None ("by checkpoint") until the encoder is loaded, then
+`TrainConfig.with_checkpoint_defaults(kind)` sets it and says where each value
+came from; the run prints that and writes it to flags.json.
 """
 
 import dataclasses
@@ -13,7 +18,51 @@ from absl import flags
 
 from tf_mbalign import distribute
 from tf_mbalign.data.pipeline import PipelineConfig
-from tf_mbalign.modeling.aligner import Aligner
+from tf_mbalign.modeling.aligner import NEGATIVES, Aligner
+
+# === Defaults that depend on the checkpoint ===
+# Kinds of checkpoint (`checkpoint_kind`).
+WITH_MLM_HEAD = "mlm_head"  # e.g. mBERT or XLM-R from a Hugging Face directory
+WITHOUT_MLM_HEAD = "no_mlm_head"  # a pre-trained sentence encoder, e.g. e5-small
+RANDOM = "random"  # a random test encoder (tiny:): nothing pre-trained to protect
+PLACEHOLDER = "PLACEHOLDER until issue 14's grid chooses (BUILD_NOTES.md)"
+_MOCO = "MoCo's default (He et al. 2020, arXiv 1911.05722); Pan et al. 2021's own value unverified"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointDefault:
+    """A flag's default per checkpoint kind, each with where it comes from."""
+
+    with_mlm_head: object
+    with_mlm_head_source: str
+    without_mlm_head: object
+    without_mlm_head_source: str
+
+    def for_kind(self, kind):
+        """(value, source) for a `checkpoint_kind`; a random test encoder
+        takes the values of a checkpoint with an MLM head."""
+        if kind == WITHOUT_MLM_HEAD:
+            return self.without_mlm_head, self.without_mlm_head_source
+        if kind == WITH_MLM_HEAD:
+            return self.with_mlm_head, self.with_mlm_head_source
+        return self.with_mlm_head, "random test encoder: the value for checkpoints with an MLM head"
+
+
+CHECKPOINT_DEFAULTS = {
+    "head_warmup_steps": CheckpointDefault(
+        0, "the checkpoint's MLM head is trained already (Pan et al. 2021 start from mBERT's)",
+        200, f"checkpoint without an MLM head: {PLACEHOLDER}"),
+    "queue_size": CheckpointDefault(65536, _MOCO, 4096, PLACEHOLDER),
+    "momentum": CheckpointDefault(0.999, _MOCO, 0.99, PLACEHOLDER),
+    "temperature": CheckpointDefault(0.07, _MOCO, 0.05, PLACEHOLDER),
+}
+
+
+def checkpoint_kind(bundle):
+    """`WITH_MLM_HEAD`, `WITHOUT_MLM_HEAD` or `RANDOM` for an `EncoderBundle`."""
+    if not bundle.pretrained:
+        return RANDOM
+    return WITH_MLM_HEAD if bundle.has_mlm_head else WITHOUT_MLM_HEAD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +74,7 @@ class TrainConfig:
     languages: tuple = ()
     model_dir: str = "runs/align"
     train_steps: int = 100
-    head_warmup_steps: int = 0
+    head_warmup_steps: int = None  # by checkpoint (CHECKPOINT_DEFAULTS)
     global_batch_size: int = 32
     max_seq_length: int = 128
     max_sentence_length: int = 64
@@ -36,10 +85,12 @@ class TrainConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.01
     max_gradient_norm: float = 1.0
-    queue_size: int = 65536
-    momentum: float = 0.999
-    temperature: float = 0.07
+    queue_size: int = None  # by checkpoint
+    momentum: float = None  # by checkpoint
+    temperature: float = None  # by checkpoint
     contrastive_weight: float = 1.0
+    tlm_weight: float = 1.0
+    contrastive_negatives: str = "queue"
     representation_layer: int = -1
     pooling: str = "cls"
     projection_dim: int = 0
@@ -60,6 +111,7 @@ class TrainConfig:
     retrieval_data: str = ""
     retrieval_every: int = 0
     retrieval_pairs: int = 200
+    alignment_check: bool = True
 
     def __post_init__(self):
         problems = [
@@ -68,22 +120,24 @@ class TrainConfig:
         ]
         if self.global_batch_size < 1:
             problems.append("--global_batch_size must be >= 1")
-        if self.queue_size < self.global_batch_size:
+        if (self.queue_size is not None and self.contrastive_negatives == "queue"
+                and self.queue_size < self.global_batch_size):
             problems.append(
                 f"--queue_size={self.queue_size} must hold at least one global batch "
                 f"(--global_batch_size={self.global_batch_size})"
             )
+        problems += self._objective_problems()
         if self.max_predictions_per_seq < 1:
             problems.append("--max_predictions_per_seq must be >= 1")
         if self.max_seq_length < 5 or self.max_sentence_length < 3:
             problems.append("--max_seq_length must be >= 5 and --max_sentence_length >= 3")
         if not 0.0 < self.mask_selection_rate <= 1.0:
             problems.append("--mask_selection_rate must be in (0, 1]")
-        if not 0.0 <= self.momentum <= 1.0:
+        if self.momentum is not None and not 0.0 <= self.momentum <= 1.0:
             problems.append("--momentum must be in [0, 1]")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             problems.append("--temperature must be > 0")
-        if self.train_steps < 0 or self.head_warmup_steps < 0:
+        if self.train_steps < 0 or (self.head_warmup_steps or 0) < 0:
             problems.append("--train_steps and --head_warmup_steps must be >= 0")
         if self.steps_per_loop < 1 or self.checkpoint_every < 1:
             problems.append("--steps_per_loop and --checkpoint_every must be >= 1")
@@ -94,9 +148,42 @@ class TrainConfig:
         if problems:
             raise ValueError("Invalid flags:\n  " + "\n  ".join(problems))
 
+    def _objective_problems(self):
+        problems = []
+        if self.tlm_weight < 0 or self.contrastive_weight < 0:
+            problems.append("--tlm_weight and --contrastive_weight must be >= 0 (0 = off)")
+        elif self.tlm_weight == 0 and self.contrastive_weight == 0:
+            problems.append("--tlm_weight=0 and --contrastive_weight=0 leave nothing to train; "
+                            "set one of them > 0")
+        if self.tlm_weight == 0 and self.head_warmup_steps:
+            problems.append(f"--head_warmup_steps={self.head_warmup_steps} trains the MLM head "
+                            "for TLM, which --tlm_weight=0 switches off; drop one of them")
+        return problems
+
     @property
     def total_steps(self):
+        if self.head_warmup_steps is None:
+            raise ValueError("head_warmup_steps is left to the checkpoint: call "
+                             "TrainConfig.with_checkpoint_defaults(kind) first")
         return self.head_warmup_steps + self.train_steps
+
+    def with_checkpoint_defaults(self, kind):
+        """(config, sources): the fields left None ("by checkpoint") set to
+        the defaults of a `checkpoint_kind`, and {flag: where its value came
+        from} for every `CHECKPOINT_DEFAULTS` flag. Set fields are kept (a
+        resolved config comes back unchanged)."""
+        values, sources = {}, {}
+        for name, default in CHECKPOINT_DEFAULTS.items():
+            if getattr(self, name) is not None:
+                sources[name] = f"set: --{name}"
+                continue
+            value, source = default.for_kind(kind)
+            if name == "head_warmup_steps" and self.tlm_weight == 0:
+                value, source = 0, "--tlm_weight=0: no TLM, no MLM head to warm up"
+            if name in ("queue_size", "momentum") and self.contrastive_negatives != "queue":
+                source += f" (unused with --contrastive_negatives={self.contrastive_negatives})"
+            values[name], sources[name] = value, source
+        return dataclasses.replace(self, **values), sources
 
     def pipeline_config(self):
         """The input pipeline's settings: every `PipelineConfig` field this
@@ -124,12 +211,23 @@ class TrainConfig:
         """The config a run wrote to its flags.json (fields overridable)."""
         with open(path, encoding="utf-8") as f:
             values = json.load(f)
+        values.pop(DEFAULT_SOURCES_KEY, None)
         values["languages"] = tuple(values.get("languages", ()))
         values.update(overrides)
         return cls(**values)
 
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    def to_json(self, default_sources=None):
+        """The fields as JSON; with `default_sources` ({flag: source}, from
+        `with_checkpoint_defaults`) also where the checkpoint-dependent
+        values came from."""
+        values = dataclasses.asdict(self)
+        if default_sources:
+            values[DEFAULT_SOURCES_KEY] = default_sources
+        return json.dumps(values, indent=2, sort_keys=True)
+
+
+# flags.json: where the checkpoint-dependent values came from (not a field).
+DEFAULT_SOURCES_KEY = "checkpoint_default_sources"
 
 
 # === Flags: one per TrainConfig field, defaults taken from it ===
@@ -142,7 +240,8 @@ HELP = {
     "languages": "Only these languages of a corpus directory (default: all).",
     "model_dir": "Checkpoints, TensorBoard logs, flags.json, metrics.jsonl, export/.",
     "train_steps": "Encoder training steps (after the head warm-up).",
-    "head_warmup_steps": "Steps that train only a new MLM head before the encoder trains.",
+    "head_warmup_steps": "Steps that train only a new MLM head before the encoder trains (for "
+                         "checkpoints without one); its TLM accuracy is measured at the end.",
     "global_batch_size": "Pairs per step over all replicas.",
     "max_seq_length": "TLM input length: [CLS] a [SEP] b [SEP].",
     "max_sentence_length": "Length of each MoCo input: [CLS] s [SEP].",
@@ -153,10 +252,16 @@ HELP = {
     "warmup_steps": "Linear learning-rate warm-up steps.",
     "weight_decay": "AdamW weight decay (not on biases / layer norms).",
     "max_gradient_norm": "Clip the global gradient norm (0 = off).",
-    "queue_size": "MoCo queue size K (>= global batch).",
-    "momentum": "MoCo key-encoder EMA momentum m.",
+    "queue_size": "MoCo queue size K (>= global batch; --contrastive_negatives=queue).",
+    "momentum": "MoCo key-encoder EMA momentum m (--contrastive_negatives=queue).",
     "temperature": "InfoNCE temperature T.",
-    "contrastive_weight": "Weight of the MoCo loss.",
+    "contrastive_weight": "Weight of the contrastive (sentence-level) loss; 0 = TLM only "
+                          "(nothing of it is computed).",
+    "tlm_weight": "Weight of the TLM (word-level) loss; 0 = contrastive only (the MLM head "
+                  "is not run).",
+    "contrastive_negatives": "queue: MoCo (momentum key encoder, a queue of past keys; the "
+                             "paper's). in_batch: symmetric InfoNCE over the global batch, both "
+                             "sides through the trained encoder, no queue or key encoder.",
     "representation_layer": "Encoder layer for the sentence representation (-1 = last).",
     "pooling": "Sentence representation: [CLS] or mean.",
     "projection_dim": "Linear projection before the MoCo loss (0 = none).",
@@ -179,24 +284,28 @@ HELP = {
                       "language to TensorBoard and metrics.jsonl while training ('' = off).",
     "retrieval_every": "Retrieval evaluation period in steps (0 = --checkpoint_every).",
     "retrieval_pairs": "Pairs per language for --retrieval_data (the first ones).",
+    "alignment_check": "Before -> after check at the end: demo pairs held out of training, "
+                       "per language the rank of the true translation and its cosine margin "
+                       "over the best wrong one (model_dir/alignment_check.json).",
 }
 # --help lists the flags under these topics, in this order (every field once).
 TOPICS = {
     "data": ["corpus", "languages", "language_sampling_alpha", "max_chars", "max_seq_length",
              "max_sentence_length"],
     "model": ["encoder", "dropout", "pooling", "representation_layer", "projection_dim"],
-    "objectives (TLM, MoCo)": ["max_predictions_per_seq", "mask_selection_rate",
-                               "contrastive_weight", "queue_size", "momentum", "temperature",
-                               "shuffle_inputs"],
+    "objectives (TLM, MoCo)": ["tlm_weight", "max_predictions_per_seq", "mask_selection_rate",
+                               "contrastive_weight", "contrastive_negatives", "queue_size",
+                               "momentum", "temperature", "shuffle_inputs"],
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
                   "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm"],
     "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
                                 "seed", "quiet", "steps_per_loop", "retrieval_data",
-                                "retrieval_every", "retrieval_pairs"],
+                                "retrieval_every", "retrieval_pairs", "alignment_check"],
     "distribution": ["strategy", "tpu", "precision", "jit_compile"],
 }
 CHOICES = {
     "pooling": ["cls", "mean"],
+    "contrastive_negatives": list(NEGATIVES),
     "strategy": list(distribute.STRATEGIES),
     "precision": list(distribute.PRECISION_CHOICES),
 }
@@ -207,13 +316,15 @@ def define_flags():
     """Defines one absl flag per TrainConfig field (the training binary)."""
     for field in dataclasses.fields(TrainConfig):
         name, default, text = field.name, field.default, HELP[field.name]
+        by_checkpoint = CHECKPOINT_DEFAULTS.get(name)
+        kind = type(by_checkpoint.with_mlm_head) if by_checkpoint else None
         if name in CHOICES:
             flags.DEFINE_enum(name, default, CHOICES[name], text)
         elif isinstance(default, bool):
             flags.DEFINE_boolean(name, default, text)
-        elif isinstance(default, int):
+        elif isinstance(default, int) or kind is int:
             flags.DEFINE_integer(name, default, text)
-        elif isinstance(default, float):
+        elif isinstance(default, float) or kind is float:
             flags.DEFINE_float(name, default, text)
         elif isinstance(default, tuple):
             flags.DEFINE_list(name, list(default), text)
@@ -230,10 +341,20 @@ def grouped_help(usage, flag_values=FLAGS):
         lines.append(f"{topic}:")
         for name in names:
             flag = flag_values[name]
-            default = ",".join(flag.default) if isinstance(flag.default, list) else flag.default
-            lines.append(f"  --{name} (default: {default!r})")
+            lines.append(f"  --{name} (default: {_default_text(name, flag.default)})")
             lines.append(f"      {flag.help}")
         lines.append("")
+    lines.append("Defaults 'by checkpoint' are resolved when the encoder is loaded, printed "
+                 "with their source and written to model_dir/flags.json.")
     lines.append("other: --flagfile=FILE reads flags from a file (one a line, # comments); "
                  "--helpfull lists absl's own flags too.")
     return "\n".join(lines)
+
+
+def _default_text(name, default):
+    if name in CHECKPOINT_DEFAULTS and default is None:
+        by_kind = CHECKPOINT_DEFAULTS[name]
+        placeholder = " (placeholder)" if PLACEHOLDER in by_kind.without_mlm_head_source else ""
+        return (f"by checkpoint: {by_kind.with_mlm_head!r} with an MLM head, "
+                f"{by_kind.without_mlm_head!r} without{placeholder}")
+    return repr(",".join(default) if isinstance(default, list) else default)

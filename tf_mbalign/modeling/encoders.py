@@ -39,6 +39,12 @@ class EncoderBundle:
     tokenizer: tokenizers.SubwordTokenizer
     source: str
     mlm_head_weights: dict = None  # name -> array, when the checkpoint has a head
+    pretrained: bool = True  # False: random weights (tiny: test encoders)
+
+    @property
+    def has_mlm_head(self):
+        """The checkpoint brought a trained MLM head."""
+        return self.mlm_head_weights is not None
 
 
 SUPPORTED_MODEL_TYPES = ("bert",) + xlm_roberta_conversion.ROBERTA_MODEL_TYPES
@@ -353,4 +359,4 @@ def tiny_encoder(vocab_path, dropout=0.0, dtype=None, hidden_dim=32, num_layers=
         dtype=dtype,
         name="tiny_encoder",
     )
-    return EncoderBundle(encoder, tokenizer, source=f"tiny:{vocab_path}")
+    return EncoderBundle(encoder, tokenizer, source=f"tiny:{vocab_path}", pretrained=False)

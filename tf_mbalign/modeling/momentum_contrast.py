@@ -1,10 +1,21 @@
-"""MoCo mechanics: momentum (EMA) key encoder, key queue, InfoNCE logits.
+"""MoCo mechanics: momentum (EMA) key encoder, key queue, InfoNCE logits;
+and in-batch negatives, the option without queue or momentum encoder.
 
-Defaults, documented once (MoCo, He et al. 2020; Pan et al. 2021 keep them):
+Defaults for checkpoints with an MLM head (MoCo, He et al. 2020, arXiv
+1911.05722; whether Pan et al. 2021 changed them is unverified here), chosen
+per checkpoint kind in `tf_mbalign.config.CHECKPOINT_DEFAULTS`:
 
     momentum m      0.999   key = m * key + (1 - m) * query, every step
     queue size K    65536   keys of past batches (MoCo's ImageNet value)
     temperature T   0.07    logits = [q.k+, q.queue] / T
+
+In-batch negatives (`--contrastive_negatives=in_batch`): both sentences of a
+pair go through the trained encoder; each query is scored against every key
+of the *global* batch and each key against every query (symmetric InfoNCE).
+The embeddings are all-gathered with their gradient (TensorFlow's
+`ReplicaContext.all_gather` sums the upstream gradients over replicas and
+hands each replica its own slice), so the replicas' gradients sum to the
+single-device gradient of the same global batch.
 
 Everything works unchanged under `tf.distribute`: variables are mirrored, and
 updates that every replica computes identically (the EMA, the enqueue of the
@@ -70,7 +81,9 @@ def momentum_update(key_variables, query_variables, momentum, apply=None):
 
 
 def all_gather_keys(keys):
-    """Keys of all replicas, in replica order (identity without a strategy)."""
+    """Keys (or any rows) of all replicas, in replica order (identity
+    without a strategy). Differentiable: the gradient of the gathered rows
+    is summed over replicas and each replica gets its own slice."""
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return keys
@@ -189,3 +202,36 @@ def contrastive_logits(queries, positive_keys, queue_keys, valid, temperature):
         valid = valid[None, :]
     negative = tf.where(valid, negative, -1e9)
     return tf.concat([positive, negative], axis=1) / temperature
+
+
+# === In-batch negatives (no queue, no momentum encoder) ===
+
+def replica_first_row(local_count):
+    """Index of this replica's first example in the global batch: replicas
+    hold contiguous slices in replica order (`data/pipeline.py`)."""
+    context = tf.distribute.get_replica_context()
+    replica = context.replica_id_in_sync_group if context is not None else 0
+    return tf.cast(replica, tf.int32) * tf.cast(local_count, tf.int32)
+
+
+def in_batch_valid_mask(local_pair_ids, global_pair_ids, first_row):
+    """[b, B]: which global-batch entries are fair negatives for this
+    replica's b rows. The row's own positive (global index first_row + i)
+    stays; another copy of the same pair (language sampling can draw a pair
+    twice in one batch) is masked, as `KeyQueue.valid_mask` does for the
+    queue."""
+    local_pair_ids = tf.cast(local_pair_ids, tf.int32)
+    positives = first_row + tf.range(tf.shape(local_pair_ids)[0])
+    is_positive = tf.equal(positives[:, None], tf.range(tf.shape(global_pair_ids)[0])[None, :])
+    same_pair = tf.equal(local_pair_ids[:, None], tf.cast(global_pair_ids, tf.int32)[None, :])
+    return is_positive | ~same_pair
+
+
+def in_batch_logits(rows, columns, valid, temperature):
+    """InfoNCE logits [b, B] of this replica's rows against every row of the
+    other side of the global batch; entries not `valid` ([b, B] or None) get
+    a large negative logit. The positive of row i is column first_row + i."""
+    logits = tf.matmul(tf.cast(rows, tf.float32), tf.cast(columns, tf.float32), transpose_b=True)
+    if valid is not None:
+        logits = tf.where(valid, logits, -1e9)
+    return logits / temperature

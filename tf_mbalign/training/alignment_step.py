@@ -2,13 +2,17 @@
 
 The step of the paper's method, per replica:
 
-1. keys: the momentum encoder embeds the key side (no gradient);
-2. `Aligner.compute_losses`: TLM + MoCo on this replica's batch;
+1. keys: the momentum encoder embeds the key side (no gradient; MoCo's
+   queue only: with in-batch negatives both sides are embedded under the
+   tape by the trained encoder);
+2. `Aligner.compute_losses`: TLM + contrastive loss on this replica's batch
+   (an objective of weight 0 is not computed);
 3. `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
    clip; the optimizer applies them (the encoder's AdamW, or during the
    head-only warm-up the MLM head's own);
 4. `Aligner.update_key_encoder`: EMA of the key encoder toward the updated
-   encoder, and `Aligner.enqueue_keys`: this step's keys join the queue.
+   encoder, and `Aligner.enqueue_keys`: this step's keys join the queue
+   (MoCo's queue only).
 
 A step whose loss or gradient norm is not finite is reported, and one whose
 update was not applied (with mixed float16 the loss-scale optimizer skips
@@ -26,6 +30,7 @@ status = strategy.run(step, args=(batch, True, global_step))   # in a tf.functio
 
 import tensorflow as tf
 
+from tf_mbalign.config import checkpoint_kind
 from tf_mbalign.modeling import encoders
 from tf_mbalign.modeling.aligner import Aligner
 from tf_mbalign.training import optimization
@@ -75,10 +80,7 @@ class AlignmentStep:
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync
         optimizer = self.optimizer_for(train_encoder)
-        keys = tf.stop_gradient(
-            aligner.embed(batch["key_token_ids"], batch["key_padding_mask"],
-                          training=False, momentum_branch=True)
-        )
+        keys = aligner.momentum_keys(batch)
         variables = aligner.trained_variables(train_encoder)
         with tf.GradientTape() as tape:
             losses, partial_sums = aligner.compute_losses(batch, keys, training=True)
@@ -94,8 +96,11 @@ class AlignmentStep:
         loss_finite = tf.math.is_finite(global_loss)
         gradients_finite = tf.math.is_finite(norm)
         applied = loss_finite & gradients_finite
-        aligner.update_key_encoder(apply=applied)
-        pair_ids = aligner.enqueue_keys(keys, batch.get("pair_id"), apply=applied)
+        pair_ids = aligner.global_pair_ids(batch.get("pair_id"),
+                                           tf.shape(batch["query_token_ids"])[0])
+        if aligner.uses_queue:
+            aligner.update_key_encoder(apply=applied)
+            aligner.enqueue_keys(keys, pair_ids, apply=applied)
         aligner.record_metrics(loss, partial_sums, norm)
         return {"loss": global_loss, "loss_finite": loss_finite,
                 "gradients_finite": gradients_finite, "applied": applied,
@@ -104,7 +109,9 @@ class AlignmentStep:
 
 def build_aligner(config, bundle):
     """The `Aligner` of a `TrainConfig` around `bundle.encoder` (and the
-    checkpoint's MLM head weights, when it has them)."""
+    checkpoint's MLM head weights, when it has them). Defaults left to the
+    checkpoint are resolved for `bundle` first."""
+    config, _ = config.with_checkpoint_defaults(checkpoint_kind(bundle))
     aligner = Aligner(bundle.encoder, name="aligner", **config.aligner_arguments())
     if bundle.mlm_head_weights is not None:
         encoders.set_mlm_head_weights(aligner.mlm_head, bundle.mlm_head_weights)
@@ -114,6 +121,7 @@ def build_aligner(config, bundle):
 def build_alignment_step(config, bundle, loss_transform=None):
     """The Aligner, its two optimizers and the step (call inside
     `strategy.scope()`)."""
+    config, _ = config.with_checkpoint_defaults(checkpoint_kind(bundle))
     aligner = build_aligner(config, bundle)
     optimizer = optimization.create_optimizer(
         config.learning_rate, config.train_steps, config.warmup_steps,

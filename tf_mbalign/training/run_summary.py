@@ -7,6 +7,9 @@ summary holds:
 
 - the outcome (and the error's first line), the encoder, the steps done of
   the head warm-up and of the encoder phase;
+- the objectives (weights, negatives), the settings that depend on the
+  checkpoint with where each came from, and the head warm-up's measured TLM
+  accuracy at its end (`head_warmup.py`);
 - loss, TLM and MoCo figures at the start and the end of each phase, each the
   mean of a window of logged records (read from `metrics.jsonl`, so a resumed
   run's summary covers its earlier sessions too; MoCo records logged as None,
@@ -85,6 +88,7 @@ def build_summary(run, outcome, error, start_step, since):
     """
     config = run.config
     step = int(run.step.numpy())
+    records = read_metrics(config.model_dir)
     export = export_paths(config.model_dir, since) if outcome == "finished" else {}
     return {
         "outcome": outcome,
@@ -93,7 +97,12 @@ def build_summary(run, outcome, error, start_step, since):
         "encoder": run.bundle.source,
         "precision": {"policy": config.precision, "reason": run.precision_reason},
         "steps": step_counts(config, step, start_step),
-        "metrics": phase_windows(read_metrics(config.model_dir)),
+        "objectives": {"tlm_weight": config.tlm_weight,
+                       "contrastive_weight": config.contrastive_weight,
+                       "contrastive_negatives": config.contrastive_negatives},
+        "checkpoint_defaults": checkpoint_defaults(run),
+        "head_warmup_check": head_warmup_check(records),
+        "metrics": phase_windows(records),
         "corpus": corpus_counts(config.corpus, run.corpus),
         "wall_seconds": round(time.time() - since, 1),
         "checkpoints": checkpoint_sizes(run.state.directory, config.model_dir),
@@ -119,6 +128,26 @@ def step_counts(config, step, start_step):
         "last_step": step,
         "session_started_at_step": start_step,
     }
+
+
+def checkpoint_defaults(run):
+    """{flag: {"value", "source"}} of the settings that depend on the
+    checkpoint (`config.CHECKPOINT_DEFAULTS`), as the run resolved them."""
+    sources = getattr(run, "default_sources", None) or {}
+    return {name: {"value": getattr(run.config, name), "source": source}
+            for name, source in sources.items()}
+
+
+def head_warmup_check(records):
+    """The head warm-up's measurement at its end (the record that holds it),
+    or None (no warm-up, or it has not ended)."""
+    for record in reversed(records):
+        if record.get("head_warmup_tlm_accuracy") is not None:
+            return {"tlm_accuracy": record["head_warmup_tlm_accuracy"],
+                    "masked_tokens": record.get("head_warmup_check_tokens"),
+                    "batches": record.get("head_warmup_check_batches"),
+                    "step": record["step"]}
+    return None
 
 
 def phase_windows(records):
@@ -156,7 +185,7 @@ def corpus_counts(spec, corpus):
     stats = corpus.stats
     return {"spec": spec, "pairs": stats.pairs, "languages": corpus.language_counts(),
             "skipped_empty": stats.skipped_empty, "truncated": stats.truncated,
-            "files": list(stats.files)}
+            "held_out": stats.held_out, "files": list(stats.files)}
 
 
 def checkpoint_sizes(directory, model_dir):
@@ -241,12 +270,25 @@ def summary_block(summary):
         f"encoder {steps['encoder']['done']}/{steps['encoder']['planned']}",
         f"  precision: {summary['precision']['policy']} ({summary['precision']['reason']})",
     ]
+    if summary.get("objectives"):
+        lines.append("  objectives: " + ", ".join(
+            f"{k} {v}" for k, v in summary["objectives"].items()))
+    if summary.get("checkpoint_defaults"):
+        lines.append("  by checkpoint: " + ", ".join(
+            f"{k} {v['value']}" + (" (placeholder)" if "PLACEHOLDER" in v["source"] else "")
+            for k, v in summary["checkpoint_defaults"].items()))
+    check = summary.get("head_warmup_check")
+    if check:
+        lines.append(f"  head warm-up check (step {check['step']}): TLM accuracy "
+                     f"{check['tlm_accuracy']:.3f} on its last {check['batches']} batches "
+                     f"({check['masked_tokens']} masked tokens, dropout off)")
     for phase, window in summary["metrics"].items():
         lines.append(f"  {phase:<11}  {_window_text(window['start'])}")
         lines.append(f"  {'':<11}→ {_window_text(window['end'])}")
     lines += [
         f"  corpus: {corpus['pairs']} pairs ({languages}); {corpus['skipped_empty']} skipped "
-        f"empty, {corpus['truncated']} truncated",
+        f"empty, {corpus['truncated']} truncated"
+        + (f", {corpus['held_out']} held out of training" if corpus.get("held_out") else ""),
         f"  wall time: {_duration(summary['wall_seconds'])}; checkpoint "
         f"{checkpoints['latest'] or 'none'}: {_size(checkpoints['latest_bytes'])} "
         f"({_size(checkpoints['all_bytes'])} for the {len(checkpoints['kept_steps'])} kept)",
@@ -278,7 +320,8 @@ def _window_text(window):
     for name in WINDOW_METRICS:
         value = window[name]
         parts.append(f"{name} {'n/a' if value is None else f'{value:.3f}'}")
-    parts.append(f"queue {window['queue_fill']}")
+    if window["queue_fill"] is not None:
+        parts.append(f"queue {window['queue_fill']}")
     return " ".join(parts)
 
 

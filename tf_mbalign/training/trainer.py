@@ -39,12 +39,14 @@ import keras
 
 from tf_mbalign import distribute
 from tf_mbalign.atomic_files import write_text_atomic
+from tf_mbalign.config import RANDOM, WITH_MLM_HEAD, WITHOUT_MLM_HEAD, checkpoint_kind
 from tf_mbalign.data import corpus as corpus_lib
 from tf_mbalign.data import pipeline
 from tf_mbalign.modeling import encoders
 from tf_mbalign.training import optimization
 from tf_mbalign.training.alignment_step import build_alignment_step
 from tf_mbalign.training.fault_injection import FaultInjection
+from tf_mbalign.training.head_warmup import measure_head_warmup
 from tf_mbalign.training.metrics_sinks import MetricsSinks, chief_sinks
 from tf_mbalign.training.preemption import PreemptionWatcher
 from tf_mbalign.training.run_state import RunState, warn_to_stderr
@@ -91,6 +93,11 @@ class AlignmentRun:
         self._check_batch_divides()
         with self.strategy.scope():
             self.bundle = encoders.load_encoder(config.encoder, dropout=config.dropout)
+            # Defaults left to the checkpoint are known now (and validated).
+            self.checkpoint_kind = checkpoint_kind(self.bundle)
+            self.config, self.default_sources = config.with_checkpoint_defaults(
+                self.checkpoint_kind)
+            config = self.config
             self.alignment_step = build_alignment_step(config, self.bundle, self.fault)
         self.aligner = self.alignment_step.aligner
         self.state = RunState(self.alignment_step, config.model_dir, self.strategy,
@@ -159,11 +166,13 @@ class AlignmentRun:
         restored = self.restore()
         start = int(self.step.numpy())
         if self.chief:
-            write_text_atomic(f"{self.config.model_dir}/flags.json", self.config.to_json() + "\n")
+            write_text_atomic(f"{self.config.model_dir}/flags.json",
+                              self.config.to_json(self.default_sources) + "\n")
             stats = self.corpus.stats
+            held_out = f", {stats.held_out} held out of training" if stats.held_out else ""
             self.log(
                 f"corpus: {stats.pairs} pairs, languages {self.corpus.language_counts()}, "
-                f"{stats.skipped_empty} empty skipped, {stats.truncated} truncated"
+                f"{stats.skipped_empty} empty skipped, {stats.truncated} truncated{held_out}"
             )
             unnamed = self.corpus.unnamed_language_warning()
             if unnamed:
@@ -172,14 +181,36 @@ class AlignmentRun:
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
                      f"{self.strategy.num_replicas_in_sync} replica(s); "
                      f"precision {self.config.precision} ({self.precision_reason})")
+            self._report_defaults()
         return start
+
+    def _report_defaults(self):
+        """Prints the checkpoint-dependent settings with their sources, and
+        warns when TLM would train the encoder against an untrained head."""
+        config = self.config
+        kind = {WITH_MLM_HEAD: "has an MLM head", WITHOUT_MLM_HEAD: "has no MLM head",
+                RANDOM: "is a random test encoder"}[self.checkpoint_kind]
+        self.log(f"settings by checkpoint (the encoder {kind}):")
+        for name, source in self.default_sources.items():
+            self.log(f"  --{name}={getattr(config, name)}  [{source}]")
+        self.log(f"objectives: tlm_weight {config.tlm_weight}, contrastive_weight "
+                 f"{config.contrastive_weight}, negatives {config.contrastive_negatives}")
+        if (self.checkpoint_kind == WITHOUT_MLM_HEAD and config.tlm_weight > 0
+                and config.head_warmup_steps == 0):
+            self.warn(
+                f"{self.bundle.source} has no MLM head and --head_warmup_steps=0: TLM "
+                f"(--tlm_weight={config.tlm_weight}) trains the encoder from step 1 against "
+                "a new, untrained MLM head, whose gradient is noise to the encoder. Warm the "
+                "head up first (--head_warmup_steps=N; its TLM accuracy is measured at the end "
+                "of the warm-up) or train without TLM (--tlm_weight=0).")
 
     def _train_one_loop_call(self, step, iterator, sinks, watcher):
         """Runs one compiled loop call, logs and saves; returns the new step."""
         config = self.config
         train_encoder = step >= config.head_warmup_steps
         first_example = int(self.state.examples_consumed.numpy())
-        queue_was_empty = int(self.aligner.key_queue.filled.numpy()) == 0
+        queue_was_empty = (self.aligner.uses_queue
+                           and int(self.aligner.key_queue.filled.numpy()) == 0)
         result = self.loop(iterator, self._steps_in_next_call(step, train_encoder), step,
                            train_encoder)
         done = int(result["done"])
@@ -189,6 +220,8 @@ class AlignmentRun:
         step += done
         self.state.advance(done, config.global_batch_size)
         logs = self._loop_logs(step, train_encoder, result, first_example, queue_was_empty)
+        if not train_encoder and step == config.head_warmup_steps and self.chief:
+            logs.update(self._measure_head_warmup())
         for callback in self.callbacks:
             callback.on_loop_end(step, logs)
         self.history.append(logs)
@@ -218,17 +251,25 @@ class AlignmentRun:
         MoCo's loss and accuracy are None (null in metrics.jsonl, not shown
         on the progress bar) when the call's first step met an empty queue:
         with no negatives the loss is 0 and the accuracy 1 by construction.
+        An objective switched off (weight 0) logs None too, with a note.
         """
         aligner = self.aligner
         logs = {m.name: float(m.result()) for m in aligner.metrics}
         for m in aligner.metrics:
             m.reset_state()
-        if queue_was_empty:
+        if not aligner.uses_tlm:
+            logs["tlm_loss"] = logs["tlm_accuracy"] = None
+            logs["tlm_note"] = "off: --tlm_weight=0"
+        if not aligner.uses_contrastive:
+            logs["moco_loss"] = logs["moco_accuracy"] = None
+            logs["moco_note"] = "off: --contrastive_weight=0"
+        elif queue_was_empty:
             logs["moco_loss"] = logs["moco_accuracy"] = None
             logs["moco_note"] = "no negatives: the key queue was empty"
         optimizer = self.alignment_step.optimizer_for(train_encoder)
         logs["learning_rate"] = optimization.last_learning_rate(optimizer)
-        logs["queue_fill"] = int(aligner.key_queue.filled.numpy())
+        if aligner.key_queue is not None:
+            logs["queue_fill"] = int(aligner.key_queue.filled.numpy())
         logs["step"] = step
         logs["phase"] = "encoder" if train_encoder else "head_warmup"
         logs["skipped_steps"] = int(result["skipped"])
@@ -238,6 +279,22 @@ class AlignmentRun:
         logs["batch_fingerprints"] = [f"{int(v) & (2**64 - 1):016x}"
                                       for v in result["fingerprints"].numpy()]
         return logs
+
+    def _measure_head_warmup(self):
+        """The warm-up's TLM accuracy at its end, logged and returned as
+        metrics (`head_warmup.measure_head_warmup`)."""
+        config = self.config
+        measured = measure_head_warmup(
+            self.aligner, self.corpus, self.bundle.tokenizer, config.pipeline_config(),
+            config.global_batch_size, int(self.state.examples_consumed.numpy()),
+            config.head_warmup_steps)
+        self.log(
+            ("" if config.quiet else "\n")  # after the progress bar's line
+            + f"head warm-up done: TLM accuracy {measured['head_warmup_tlm_accuracy']:.1%} "
+            f"on its last {measured['head_warmup_check_batches']} batches "
+            f"({measured['head_warmup_check_tokens']} masked tokens, dropout off); "
+            f"the encoder trains from step {config.head_warmup_steps + 1}")
+        return measured
 
     def _report_end(self, start, step):
         if not self.chief:

@@ -1,0 +1,291 @@
+"""Objectives as flags (issue 14): weights that switch TLM / the contrastive loss
+off, in-batch negatives, defaults by checkpoint kind, the measured head warm-up,
+and the before -> after alignment check on held-out demo pairs."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_train_config
+from tf_mbalign import config as config_lib
+from tf_mbalign.config import TrainConfig
+from tf_mbalign.data import corpus as corpus_lib
+from tf_mbalign.data import pipeline
+from tf_mbalign.modeling import encoders
+from tf_mbalign.modeling.aligner import Aligner
+from tf_mbalign.training.trainer import AlignmentRun
+
+_PIPELINE = pipeline.PipelineConfig(max_seq_length=48, max_sentence_length=24,
+                                    max_predictions_per_seq=8)
+
+
+def _tiny_aligner(**kwargs):
+    bundle = encoders.load_encoder("tiny:demo", dropout=0.0)
+    return bundle, Aligner(bundle.encoder, queue_size=16, **kwargs)
+
+
+def _batch(bundle, size=8):
+    dataset = pipeline.build_dataset(corpus_lib.read_corpus("demo"), bundle.tokenizer,
+                                     _PIPELINE, size)
+    return next(iter(dataset))
+
+
+# === Weights: an ablation is a flag ===
+
+def test_tlm_weight_zero_never_runs_the_mlm_head():
+    bundle, aligner = _tiny_aligner(tlm_weight=0.0)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the MLM head ran with tlm_weight=0")
+
+    aligner.mlm_head.call = refuse
+    batch = _batch(bundle)
+    losses, _ = aligner.compute_losses(batch, aligner.momentum_keys(batch))
+    assert float(losses["tlm_loss"]) == 0.0
+    assert float(losses["loss"]) == pytest.approx(float(losses["moco_loss"]))
+    trained = {id(v) for v in aligner.trained_variables(True)}
+    assert not trained & {id(v) for v in aligner.head_only_variables()}
+    assert {id(v) for v in aligner.encoder.trainable_variables} <= trained
+
+
+def test_tlm_weight_scales_the_tlm_loss_and_the_heads_gradient():
+    bundle, aligner = _tiny_aligner()
+    batch = _batch(bundle)
+    keys = aligner.momentum_keys(batch)
+    head = aligner.head_only_variables()
+
+    def loss_and_head_gradients(weight):
+        aligner.tlm_weight = weight
+        with tf.GradientTape() as tape:
+            losses, _ = aligner.compute_losses(batch, keys)
+        return losses, tape.gradient(losses["loss"], head)
+
+    full, full_gradients = loss_and_head_gradients(1.0)
+    quarter, quarter_gradients = loss_and_head_gradients(0.25)
+    np.testing.assert_allclose(float(quarter["loss"]),
+                               0.25 * float(full["tlm_loss"]) + float(full["moco_loss"]),
+                               rtol=1e-6)
+    # The contrastive loss never reaches the head's own variables.
+    for a, b in zip(full_gradients, quarter_gradients):
+        np.testing.assert_allclose(b.numpy(), 0.25 * a.numpy(), rtol=1e-4, atol=1e-9)
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in full_gradients) > 1e-4
+
+
+@pytest.mark.parametrize("off", ["tlm_weight", "contrastive_weight"])
+def test_an_objective_switched_off_is_not_computed_and_trains_nothing(tmp_path, off):
+    run = AlignmentRun(tiny_train_config(tmp_path / off, train_steps=2, **{off: 0.0}))
+    head = [v.numpy().copy() for v in run.aligner.head_only_variables()]
+    key_encoder = [w.copy() for w in run.aligner.key_encoder.get_weights()]
+    encoder = [w.copy() for w in run.aligner.encoder.get_weights()]
+    history = run.run()
+    aligner = run.aligner
+    head_changed = any(not np.array_equal(a, v.numpy())
+                       for a, v in zip(head, aligner.head_only_variables()))
+    key_changed = any(not np.array_equal(a, b)
+                      for a, b in zip(key_encoder, aligner.key_encoder.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(encoder, aligner.encoder.get_weights()))
+    if off == "tlm_weight":
+        assert all(h["tlm_loss"] is None and h["tlm_accuracy"] is None for h in history)
+        assert not head_changed and key_changed
+        assert history[-1]["moco_loss"] > 0
+    else:
+        assert all(h["moco_loss"] is None and "off" in h["moco_note"] for h in history)
+        assert head_changed and not key_changed
+        assert int(aligner.key_queue.filled.numpy()) == 0
+        assert all(h["loss"] == pytest.approx(h["tlm_loss"]) for h in history)
+
+
+# === In-batch negatives ===
+
+def test_in_batch_negatives_are_symmetric_infonce_without_queue_or_key_encoder():
+    _, aligner = _tiny_aligner(contrastive_negatives="in_batch", temperature=0.5)
+    assert aligner.key_encoder is None and aligner.key_queue is None
+    rng = np.random.default_rng(0)
+    q, k = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(2))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    k /= np.linalg.norm(k, axis=1, keepdims=True)
+    pair_ids = np.array([10, 11, 12, 11])  # rows 1 and 3: the same pair drawn twice
+    logits, labels = aligner.in_batch_logits(tf.constant(q), tf.constant(k),
+                                             tf.constant(pair_ids))
+    similarity = q @ k.T / 0.5
+    # Queries against keys, then keys against queries; the positive is each
+    # row's own pair; another copy of the same pair is no negative.
+    expected = np.concatenate([similarity, similarity.T])
+    repeated = (pair_ids[:, None] == pair_ids[None, :]) & ~np.eye(4, dtype=bool)
+    masked = np.concatenate([repeated, repeated])
+    logits = logits.numpy()
+    assert labels.numpy().tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    np.testing.assert_allclose(logits[~masked], expected[~masked], rtol=1e-5, atol=1e-6)
+    assert masked.sum() == 4 and (logits[masked] < -1e8).all()
+
+
+def test_in_batch_run_trains_the_encoder_on_both_sides(tmp_path):
+    history = AlignmentRun(tiny_train_config(
+        tmp_path / "in_batch", train_steps=1, contrastive_negatives="in_batch")).run()
+    # In-batch negatives exist from step 1 (no queue to fill): log(8) at a random start.
+    assert history[0]["moco_loss"] == pytest.approx(np.log(8), rel=0.05)
+    assert "queue_fill" not in history[0] and "moco_note" not in history[0]
+
+
+# === Defaults by checkpoint kind ===
+
+def test_defaults_are_resolved_per_checkpoint_kind_with_their_sources():
+    headless, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)
+    assert (headless.head_warmup_steps, headless.queue_size, headless.momentum,
+            headless.temperature) == (200, 4096, 0.99, 0.05)
+    assert all(config_lib.PLACEHOLDER in source for source in sources.values())
+    with_head, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITH_MLM_HEAD)
+    assert (with_head.head_warmup_steps, with_head.queue_size, with_head.momentum,
+            with_head.temperature) == (0, 65536, 0.999, 0.07)
+    assert "He et al. 2020" in sources["queue_size"] and "unverified" in sources["queue_size"]
+    # Set values stay; a resolved config resolves to itself.
+    kept, sources = TrainConfig(queue_size=1024).with_checkpoint_defaults(
+        config_lib.WITHOUT_MLM_HEAD)
+    assert kept.queue_size == 1024 and sources["queue_size"] == "set: --queue_size"
+    assert kept.with_checkpoint_defaults(config_lib.WITH_MLM_HEAD)[0] == kept
+    # MoCo only: nothing to warm up.
+    moco_only, sources = TrainConfig(tlm_weight=0.0).with_checkpoint_defaults(
+        config_lib.WITHOUT_MLM_HEAD)
+    assert moco_only.head_warmup_steps == 0 and "--tlm_weight=0" in sources["head_warmup_steps"]
+    with pytest.raises(ValueError, match="with_checkpoint_defaults"):
+        TrainConfig().total_steps  # noqa: B018 - unresolved
+
+
+@pytest.mark.parametrize("values,expected", [
+    (dict(tlm_weight=0.0, contrastive_weight=0.0), "leave nothing to train"),
+    (dict(tlm_weight=0.0, head_warmup_steps=5), "--tlm_weight=0 switches off"),
+    (dict(tlm_weight=-1.0), "must be >= 0"),
+    (dict(contrastive_negatives="memory_bank"), "is not one of"),
+])
+def test_contradictory_objective_flags_are_refused(values, expected):
+    with pytest.raises(ValueError, match=expected):
+        TrainConfig(**values)
+
+
+def test_in_batch_needs_no_queue_as_large_as_the_batch():
+    TrainConfig(contrastive_negatives="in_batch", queue_size=4, global_batch_size=8)
+    with pytest.raises(ValueError, match="must hold at least one global batch"):
+        TrainConfig(queue_size=4, global_batch_size=8)
+
+
+def test_flags_json_holds_the_sources_and_reads_back(tmp_path):
+    resolved, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)
+    path = tmp_path / "flags.json"
+    path.write_text(resolved.to_json(sources))
+    assert json.loads(path.read_text())["checkpoint_default_sources"] == sources
+    assert TrainConfig.from_json_file(str(path)) == resolved
+
+
+def test_a_headless_checkpoint_without_warmup_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.setattr("tf_mbalign.training.trainer.checkpoint_kind",
+                        lambda bundle: config_lib.WITHOUT_MLM_HEAD)
+    warnings, lines = [], []
+    run = AlignmentRun(tiny_train_config(tmp_path / "cold", train_steps=0, head_warmup_steps=0),
+                       log=lines.append, warn=warnings.append)
+    run.run()
+    assert len(warnings) == 1 and "has no MLM head and --head_warmup_steps=0" in warnings[0]
+    assert "--head_warmup_steps=N" in warnings[0] and "--tlm_weight=0" in warnings[0]
+    # The resolved values were printed with their sources and written to flags.json.
+    assert any(line.startswith("  --temperature=0.05  [PLACEHOLDER") for line in lines)
+    flags = json.loads((tmp_path / "cold" / "flags.json").read_text())
+    assert flags["temperature"] == 0.05
+    assert flags["checkpoint_default_sources"]["head_warmup_steps"] == \
+        "set: --head_warmup_steps"
+    # Left to the checkpoint, a headless run gets the warm-up placeholder instead.
+    warm = AlignmentRun(tiny_train_config(tmp_path / "warm", train_steps=0))
+    assert warm.config.head_warmup_steps == 200
+
+
+# === The head warm-up, measured ===
+
+def test_head_warmup_is_measured_on_its_own_last_batches(tmp_path):
+    from tf_mbalign.training.head_warmup import tlm_accuracy
+    from tf_mbalign.training.run_summary import RunSummary
+
+    summary = RunSummary()
+    run = AlignmentRun(tiny_train_config(tmp_path / "w", train_steps=0, head_warmup_steps=4,
+                                         head_learning_rate=5e-2), callbacks=[summary])
+    history = run.run()
+    measured = history[-1]
+    assert measured["step"] == 4 and measured["head_warmup_check_batches"] == 4
+    # Replaying the warm-up's batches from their positions gives the same
+    # batches (fingerprints) and, with the trained head, the same accuracy.
+    replay = pipeline.build_dataset(run.corpus, run.bundle.tokenizer,
+                                    run.config.pipeline_config(), 8).take(4)
+    fingerprints = [f"{int(pipeline.batch_fingerprint(b['pair_id'])) & (2**64 - 1):016x}"
+                    for b in replay]
+    assert fingerprints == [h["batch_fingerprints"][0] for h in history]
+    accuracy, tokens, _ = tlm_accuracy(run.aligner, replay)
+    assert measured["head_warmup_tlm_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert measured["head_warmup_check_tokens"] == tokens
+    # The head learnt something in 4 steps (the most frequent characters).
+    assert accuracy > 0.02
+    assert summary.summary["head_warmup_check"]["tlm_accuracy"] == pytest.approx(accuracy,
+                                                                                 abs=1e-6)
+
+
+# === Held-out demo pairs and the before -> after check ===
+
+def test_held_out_demo_pairs_are_never_trained_on():
+    training = corpus_lib.read_corpus("demo")
+    held_out = corpus_lib.read_demo_corpus(held_out=True)
+    assert held_out.language_counts() == {lang: 20 for lang in training.languages}
+    sentences = set(training.english) | set(training.other)
+    assert not sentences & (set(held_out.english) | set(held_out.other))
+    assert len(training) + training.stats.held_out == 1200
+    assert all(int(s.rsplit(":", 1)[1]) % 10 == 0 for s in held_out.sources)
+    # A language filter keeps the split.
+    german = corpus_lib.read_corpus("demo", languages=["de"])
+    assert german.languages == ["de"] and not set(german.english) & set(held_out.english)
+
+
+def test_check_pairs_found_in_the_training_corpus_are_dropped():
+    from tf_mbalign.evaluation.alignment_check import check_bitexts
+
+    bitexts, dropped = check_bitexts(corpus_lib.read_corpus("demo"))
+    assert dropped == 0 and sum(len(b.foreign) for b in bitexts.values()) == 120
+    whole_demo = corpus_lib.read_directory(corpus_lib.demo_corpus_dir())
+    bitexts, dropped = check_bitexts(whole_demo)
+    assert dropped == 120 and not bitexts
+
+
+def test_ranks_and_margins_against_every_candidate():
+    from tf_mbalign.evaluation.alignment_check import Bitext, alignment_scores
+
+    similarity = {"a_de": [0.9, 0.5, 0.95], "b_de": [0.1, 0.8, 0.2], "c_fr": [0.3, 0.7, 0.4]}
+
+    def embed(sentences):  # candidates a, b, c are the unit vectors
+        return np.array([similarity[s] if s in similarity else np.eye(3)["abc".index(s)]
+                         for s in sentences], np.float32)
+
+    scores = alignment_scores(embed, {"de": Bitext("de", ["a_de", "b_de"], ["a", "b"]),
+                                      "fr": Bitext("fr", ["c_fr"], ["c"])})
+    assert scores["candidates"] == 3
+    assert scores["de"]["mean_rank"] == pytest.approx((2 + 1) / 2)
+    assert scores["de"]["margin"] == pytest.approx(((0.9 - 0.95) + (0.8 - 0.2)) / 2)
+    assert scores["fr"] == {"mean_rank": 2.0, "margin": pytest.approx(0.4 - 0.7), "pairs": 1}
+    assert scores["all"]["pairs"] == 3
+    assert scores["all"]["mean_rank"] == pytest.approx(5 / 3, abs=1e-4)
+
+
+# === The configs ===
+
+@pytest.mark.parametrize("flagfile", ["configs/recipe.flags", "configs/align.flags"])
+def test_configs_parse_to_valid_settings(flagfile):
+    from conftest import run_module
+
+    code = ("from tf_mbalign import config; from absl import flags; config.define_flags(); "
+            f"flags.FLAGS(['x', '--flagfile={flagfile}']); "
+            "print(config.TrainConfig.from_flags().to_json())")
+    result = run_module(["-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = json.loads(result.stdout[result.stdout.index("{"):])
+    if flagfile == "configs/recipe.flags":
+        # The recipe leaves what depends on the checkpoint to the checkpoint.
+        assert all(values[name] is None for name in config_lib.CHECKPOINT_DEFAULTS)
+        assert values["corpus"] == "../shared/data/parallel" and values["alignment_check"]
+        assert (values["tlm_weight"], values["contrastive_negatives"]) == (1.0, "queue")
+    else:  # The demo pins its own values.
+        assert values["head_warmup_steps"] == 50 and values["queue_size"] == 4096
