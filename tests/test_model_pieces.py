@@ -171,8 +171,8 @@ def test_encoder_at_another_precision_copies_weights_and_records_its_policy():
         "name"] == "bfloat16"  # the Keras file records the layers' policy
     assert {w.dtype for w in copy.weights} == {"bfloat16"}
     for source, target in zip(encoder.weights, copy.weights):
-        np.testing.assert_array_equal(
-            tf.cast(tf.cast(source.value, tf.bfloat16), tf.float32), tf.cast(target.value, tf.float32))
+        rounded = tf.cast(tf.cast(source.value, tf.bfloat16), tf.float32)
+        np.testing.assert_array_equal(rounded, tf.cast(target.value, tf.float32))
     # A functional model drops `dtype`; the encoder keeps the one its layers got.
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
