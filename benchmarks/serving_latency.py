@@ -23,8 +23,18 @@ Reported: p50 / p95 latency at batch 1 and sentences/s at batch 32 for each,
 ratios exported / in-memory (goal: <= 1.1), and the largest difference
 between the exported and in-memory embeddings.
 
+`--export_precisions float32,bfloat16` (or `mixed_bfloat16`) adds, for each
+precision after the first, the same serving model exported under that
+policy (`export_encoder(precision=...)`, the export binary's
+`--export_precision`) as `exported_<precision>`, timed in the same
+alternation; reported with its ratios to the float32 export (`exported`) and
+the cosine between its embeddings and the float32 export's (min over a
+batch). bf16 where the CPU lacks bf16 instructions is emulated and slow.
+
 Usage (from the repository root):
   python benchmarks/serving_latency.py --json results/serving.json
+  python benchmarks/serving_latency.py --export_precisions float32,bfloat16 \
+      --json results/serving_bf16.json
   python benchmarks/serving_latency.py --quick       # tiny encoder
 """
 
@@ -48,28 +58,49 @@ def load_model(name):
     raise ValueError(f"--model must be e5-small or tiny, got {name!r}")
 
 
-def build_callables(bundle, export_dir, seq_length, pooling="cls", layer=-1,
-                    serving_only=False):
-    """{'exported', 'in_memory', 'eager'}: sentences (list of str) -> numpy.
+def export_serving(bundle, export_dir, seq_length, pooling="cls", layer=-1,
+                   serving_only=False, precision="float32"):
+    """Exports the encoder computing under `precision`; returns the paths and
+    the loaded TF Serving model's `serving_default`.
 
     serving_only: write only the TF Serving model (the same object
-    `export_encoder` saves under serving/), skipping the encoder,
-    preprocessor and Keras exports (tests use it to save time)."""
+    `export_encoder` saves under serving/, of the same `models_at_precision`
+    copy), skipping the encoder, preprocessor and Keras exports (tests use it
+    to save time)."""
     from tf_mbalign.export import encoder_export, serving
-    from tf_mbalign.export.preprocessor import pack_segments
-    from tf_mbalign.modeling.pooling import sentence_embedding
 
     if serving_only:
+        encoder, _ = encoder_export.models_at_precision(bundle.encoder, None, precision)
         paths = {"serving": os.path.join(export_dir, "serving", "tf_mbalign", "1")}
-        server = serving.SentenceEmbeddingServer(bundle.encoder, bundle.tokenizer, pooling,
-                                                 layer, seq_length)
+        server = serving.SentenceEmbeddingServer(encoder, bundle.tokenizer, pooling, layer,
+                                                 seq_length)
         tf.saved_model.save(server, paths["serving"], signatures=server.signatures())
     else:
         paths = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, export_dir,
                                               pooling=pooling, representation_layer=layer,
-                                              seq_length=seq_length, source="benchmark")
-    loaded = tf.saved_model.load(paths["serving"])
-    exported_fn = loaded.signatures["serving_default"]
+                                              seq_length=seq_length, source="benchmark",
+                                              precision=precision)
+    return paths, tf.saved_model.load(paths["serving"]).signatures["serving_default"]
+
+
+def build_callables(bundle, export_dir, seq_length, pooling="cls", layer=-1,
+                    serving_only=False, precisions=("float32",)):
+    """{'exported', 'in_memory', 'eager'} (and 'exported_<p>' for each of
+    `precisions` after the first): sentences (list of str) -> numpy.
+
+    `exported` is the export under `precisions[0]` (float32 by default);
+    serving_only: see `export_serving`."""
+    from tf_mbalign.export import serving
+    from tf_mbalign.export.preprocessor import pack_segments
+    from tf_mbalign.modeling.pooling import sentence_embedding
+
+    paths, exported_fn = export_serving(bundle, export_dir, seq_length, pooling, layer,
+                                        serving_only, precisions[0])
+    variants = {}
+    for precision in precisions[1:]:
+        _, variants[f"exported_{precision}"] = export_serving(
+            bundle, os.path.join(export_dir, precision), seq_length, pooling, layer,
+            serving_only, precision)
     server = serving.SentenceEmbeddingServer(bundle.encoder, bundle.tokenizer, pooling, layer,
                                              seq_length)
     in_memory_fn = server.signatures()["serving_default"]
@@ -90,10 +121,14 @@ def build_callables(bundle, export_dir, seq_length, pooling="cls", layer=-1,
         return sentence_embedding(outputs["encoder_outputs"], inputs["input_mask"], layer,
                                   pooling).numpy()
 
+    def call_served(function):
+        return lambda s: function(sentences=tf.constant(s))["embeddings"].numpy()
+
     return {
-        "exported": lambda s: exported_fn(sentences=tf.constant(s))["embeddings"].numpy(),
+        "exported": call_served(exported_fn),
         "in_memory": lambda s: in_memory_fn(tf.constant(s))["embeddings"].numpy(),
         "eager": eager,
+        **{name: call_served(function) for name, function in variants.items()},
     }, paths
 
 
@@ -125,16 +160,26 @@ def measure(callables, sentences, latency_calls=200, throughput_batches=20, batc
             "batch32_sentences_per_s": batch / float(np.median(throughput[name])),
         }
     for base in ("in_memory", "eager"):
-        result[f"exported_over_{base}"] = {
-            "p50": result["exported"]["p50_ms"] / result[base]["p50_ms"],
-            "p95": result["exported"]["p95_ms"] / result[base]["p95_ms"],
-            "batch32_time": (result[base]["batch32_sentences_per_s"]
-                             / result["exported"]["batch32_sentences_per_s"]),
-        }
+        result[f"exported_over_{base}"] = _ratios(result, "exported", base)
     probe = sentences[:batch]
-    result["max_abs_difference"] = float(np.max(np.abs(
-        callables["exported"](probe) - callables["in_memory"](probe))))
+    reference = callables["exported"](probe)
+    result["max_abs_difference"] = float(np.max(np.abs(reference - callables["in_memory"](probe))))
+    for name in names:
+        if name.startswith("exported_"):  # another export precision vs the first
+            result[f"{name}_over_exported"] = _ratios(result, name, "exported")
+            result[f"{name}_min_cosine_to_exported"] = float(np.min(np.sum(
+                callables[name](probe) * reference, axis=1)))
     return result
+
+
+def _ratios(result, name, base):
+    """Time ratios name / base (p50, p95 at batch 1; batch-32 time)."""
+    return {
+        "p50": result[name]["p50_ms"] / result[base]["p50_ms"],
+        "p95": result[name]["p95_ms"] / result[base]["p95_ms"],
+        "batch32_time": (result[base]["batch32_sentences_per_s"]
+                         / result[name]["batch32_sentences_per_s"]),
+    }
 
 
 def main(argv=None):
@@ -147,6 +192,9 @@ def main(argv=None):
     parser.add_argument("--latency_calls", type=int, default=300)
     parser.add_argument("--throughput_batches", type=int, default=30)
     parser.add_argument("--export_dir", default="", help="keep the export here (default: temp)")
+    parser.add_argument("--export_precisions", default="float32",
+                        help="comma-separated export policies: the first is `exported`, "
+                             "each other one is timed against it (e.g. float32,bfloat16)")
     parser.add_argument("--quick", action="store_true", help="tiny encoder, few calls")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
@@ -169,7 +217,9 @@ def main(argv=None):
     lengths = bundle.tokenizer.tokenize(tf.constant(sentences[:500])).row_lengths().numpy() + 2
     export_dir = args.export_dir or tempfile.mkdtemp(prefix="tf_mbalign_serving_")
     try:
-        callables, paths = build_callables(bundle, export_dir, args.seq_length)
+        precisions = tuple(p for p in args.export_precisions.split(",") if p)
+        callables, paths = build_callables(bundle, export_dir, args.seq_length,
+                                           precisions=precisions)
         result = measure(callables, sentences, args.latency_calls, args.throughput_batches)
     finally:
         if not args.export_dir:
@@ -180,10 +230,11 @@ def main(argv=None):
         "seq_length": args.seq_length, "corpus": source,
         "mean_tokens_per_sentence": float(np.mean(np.minimum(lengths, args.seq_length))),
         "serving_path": os.path.relpath(paths["serving"], export_dir),
+        "export_precisions": list(precisions),
     })
     print(f"model {args.model}, sentences cut at {args.seq_length} tokens (they average "
           f"{result['mean_tokens_per_sentence']:.1f} tokens with [CLS]/[SEP])")
-    common.print_table([dict(result[n], name=n) for n in ("exported", "in_memory", "eager")], [
+    common.print_table([dict(result[n], name=n) for n in callables], [
         ("", "name", "{}"), ("p50 ms (batch 1)", "p50_ms", "{:.2f}"),
         ("p95 ms (batch 1)", "p95_ms", "{:.2f}"),
         ("sentences/s (batch 32)", "batch32_sentences_per_s", "{:.1f}"),
@@ -192,6 +243,12 @@ def main(argv=None):
     print(f"exported / in-memory: p50 {r['p50']:.3f}, p95 {r['p95']:.3f}, "
           f"batch-32 time {r['batch32_time']:.3f} (goal <= 1.1); "
           f"max |difference| {result['max_abs_difference']:.2e}", flush=True)
+    for precision in precisions[1:]:
+        name = f"exported_{precision}"
+        r = result[f"{name}_over_exported"]
+        print(f"{name} / exported ({precisions[0]}): p50 {r['p50']:.3f}, p95 {r['p95']:.3f}, "
+              f"batch-32 time {r['batch32_time']:.3f}; min cosine to it "
+              f"{result[f'{name}_min_cosine_to_exported']:.5f}", flush=True)
     common.write_json(args.json, result)
     return result
 

@@ -21,14 +21,25 @@ positions), model FLOPs per step (formula in `_common.py` and
 BENCHMARKS.md), MFU = FLOPs / step time / peak, where peak = the best of a
 large float32 tf.matmul and numpy's BLAS matmul measured in the same run.
 
+`--profile_dir DIR`: after a row is timed, `--profile_steps` more steps
+of ours run under the TensorFlow profiler (`tf.profiler.experimental`), one
+trace per row in DIR/<shape>-<precision>-<graph|xla>/;
+`benchmarks/profile_summary.py DIR` tables each trace's ops by self time
+(matmul, casts, transposes, element-wise, gathers, optimizer, ...). The
+profiled steps are not part of the timings.
+
 Usage (from the repository root):
   python benchmarks/train_step.py --json results/train_step.json
   python benchmarks/train_step.py --shapes e5-small --pairs 7
   python benchmarks/train_step.py --quick          # tiny config, < 1 minute
+  python benchmarks/train_step.py --shapes e5-small --precisions mixed_bfloat16 --xla off \
+      --no_torch --pairs 1 --profile_dir results/profile_bf16
+  python benchmarks/profile_summary.py results/profile_bf16
 """
 
 import argparse
 import gc
+import json
 import os
 import sys
 import time
@@ -57,9 +68,10 @@ def _steps_per_timing(seconds_per_step, target_seconds):
 
 
 def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_seconds,
-                  with_torch, peaks, min_fill=1.0, log=print, on_row=None):
+                  with_torch, peaks, min_fill=1.0, log=print, on_row=None, profile=None):
     """Rows of results for one model shape (one per precision x XLA mode);
-    `on_row(row)` is called as each row is finished."""
+    `on_row(row)` is called as each row is finished. `profile`: (directory,
+    steps) to trace each row's step with the TensorFlow profiler."""
     shape = common.get_shape(shape_name)
     batches = common.synthetic_batches(shape, settings, min_fill=min_fill)
     flops = common.step_flops(shape, settings)
@@ -83,6 +95,8 @@ def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_sec
             row = compare(ours, reference, shape_name, settings, flops, peak, jit, pairs,
                           target_seconds, log)
             row["min_fill"] = min_fill
+            if profile is not None and "error" not in row:
+                row["profile_dir"] = profile_steps(ours, jit, *profile, log=log)
             if reference is None:
                 row["reference_note"] = torch_note
             rows.append(row)
@@ -147,6 +161,25 @@ def compare(ours, reference, shape_name, settings, flops, peak, jit, pairs, targ
         })
     log(_row_line(row))
     return row
+
+
+def profile_steps(ours, jit, directory, steps, log=print):
+    """Runs `steps` steps of `ours` (already traced) under the TensorFlow
+    profiler; returns the trace's directory (<shape>-<precision>-<mode>)."""
+    import tensorflow as tf
+
+    path = os.path.join(directory, f"{ours.shape.name}-{ours.precision}-"
+                                   f"{'xla' if jit else 'graph'}")
+    ours.run(1, jit)  # traced and warm before the profiler starts
+    tf.profiler.experimental.start(path)
+    try:
+        ours.run(steps, jit)
+    finally:
+        tf.profiler.experimental.stop()
+    with open(os.path.join(path, "profile_steps.json"), "w", encoding="utf-8") as f:
+        json.dump({"steps": steps, "precision": ours.precision, "xla": jit}, f)
+    log(f"[{ours.shape.name}] {ours.precision} xla={jit}: profiled {steps} step(s) -> {path}")
+    return path
 
 
 def check_same_step(shape_name, settings, steps=3, ours=None, reference=None, log=print):
@@ -227,6 +260,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="tiny shape, tiny settings, short timings (a smoke run)")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--profile_dir", default="",
+                        help="trace each row's step with the TensorFlow profiler here "
+                             "(summarize with benchmarks/profile_summary.py)")
+    parser.add_argument("--profile_steps", type=int, default=3)
     args = parser.parse_args(argv)
 
     shapes = [s for s in args.shapes.split(",") if s]
@@ -275,7 +312,9 @@ def main(argv=None):
                      if getattr(args, k) is not None}
         settings = common.dataclasses.replace(base, **overrides)
         measure_shape(name, settings, precisions, xla_modes, args.pairs, args.target_seconds,
-                      not args.no_torch, peaks, args.min_fill, on_row=save_so_far)
+                      not args.no_torch, peaks, args.min_fill, on_row=save_so_far,
+                      profile=(args.profile_dir, args.profile_steps) if args.profile_dir
+                      else None)
 
     print("\nsummary (median step time; ratio = median of per-pair ours/torch):")
     table = [dict(r, lengths=f"{r['seq_length']}/{r['sentence_length']}",

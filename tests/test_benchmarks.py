@@ -131,12 +131,70 @@ def test_serving_latency_core(common, tmp_path):
     bundle = encoders.tiny_encoder("demo", num_layers=1, hidden_dim=16, num_heads=2,
                                    intermediate_dim=32, max_sequence_length=32)
     callables, _ = serving_latency.build_callables(bundle, str(tmp_path / "export"), 32,
-                                                   serving_only=True)
+                                                   serving_only=True,
+                                                   precisions=("float32", "bfloat16"))
     sentences = ["Hello world.", "Guten Tag!", "Ein kurzer Satz."] * 4
     result = serving_latency.measure(callables, sentences, latency_calls=2,
                                      throughput_batches=1, batch=4, warmup=1)
     assert result["max_abs_difference"] < 1e-5
     assert result["exported"]["p50_ms"] > 0
+    # The bf16 export: timed against the float32 one, close to it but not it.
+    assert result["exported_bfloat16_over_exported"]["p50"] > 0
+    assert 0.99 <= result["exported_bfloat16_min_cosine_to_exported"] < 1 - 1e-7
+
+
+def test_profile_of_a_step_summarized_by_kind(common, tiny_step, tmp_path):
+    import profile_summary
+    import train_step
+
+    settings, ours = tiny_step
+    path = train_step.profile_steps(ours, False, str(tmp_path), steps=1, log=lambda *_: None)
+    traces = profile_summary.find_traces(str(tmp_path))
+    assert list(traces) == [path] and profile_summary.recorded_steps(path, 7) == 1
+    summary = profile_summary.summarize(traces[path], steps=1, top=5)
+    kinds = {k["kind"]: k["self_ms_per_step"] for k in summary["kinds"]}
+    assert kinds["matmul"] > 0 and kinds["optimizer / variable updates"] > 0
+    assert abs(sum(k["share"] for k in summary["kinds"]) - 1) < 1e-9
+    assert len(summary["top_ops"]) == 5
+
+
+def test_self_time_subtracts_nested_ops():
+    import profile_summary
+
+    # A While op (0-100) holding a MatMul (10-50) that holds a Cast (20-30),
+    # and an Add on another thread.
+    events = [("t1", "loop", "While", 0, 100), ("t1", "mm", "MatMul", 10, 40),
+              ("t1", "c", "Cast", 20, 10), ("t2", "a", "AddV2", 5, 7)]
+    self_times = {name: t for name, _, t in profile_summary.self_times(events)}
+    assert self_times == {"loop": 60, "mm": 30, "c": 10, "a": 7}
+    assert [profile_summary.kind_of(t) for t in ("_MklBatchMatMulV2", "Cast", "_MklTranspose",
+                                                 "ResourceApplyAdam", "GatherV2", "Erf")] == [
+        "matmul", "cast", "transpose", "optimizer / variable updates",
+        "gather / scatter / embedding", "element-wise"]
+
+
+def test_precision_numerics_comparisons(common):
+    import numpy as np
+    import precision_numerics as pn
+
+    steps = np.arange(1, 41)
+    flat = {name: (steps, np.full(40, 2.0)) for name in pn.CURVES}
+    drifted = {name: (steps, np.where(steps > 20, 2.5, 2.02)) for name in pn.CURVES}
+    windows = pn.window_comparison(flat, drifted, window=20, rtol=0.05)
+    rows = windows["windows"]["loss"]
+    assert [r["steps"] for r in rows] == [[1, 20], [21, 40]]
+    assert [r["within_tolerance"] for r in rows] == [True, False]
+    assert not windows["all_within_tolerance"] and abs(windows["max_relative_difference"]
+                                                        - 0.25) < 1e-12
+    eye = np.eye(4, dtype=np.float32)
+    swapped = eye[[1, 0, 2, 3]]  # rows 0 and 1 retrieve each other's English side
+    same = pn.paired_retrieval({"de": (eye, eye)}, {"de": (eye, eye)}, bootstrap=20)
+    assert same["average"]["xx_to_en"]["difference"] == 0
+    assert same["average"]["xx_to_en"]["interval_95"] == [0.0, 0.0]
+    worse = pn.paired_retrieval({"de": (eye, eye)}, {"de": (swapped, eye)}, bootstrap=20)
+    entry = worse["languages"]["de"]["xx_to_en"]
+    assert entry["difference"] == -0.5 and entry["only_float32_right"] == 2
+    assert pn.cosine_summary([eye], [swapped])["min"] == 0.0
 
 
 def test_peak_rss_subprocess(rss_child):

@@ -122,3 +122,73 @@ def test_aligner_docstring_example_runs():
     np.testing.assert_allclose(float(losses["loss"]),
                                float(losses["tlm_loss"]) + float(losses["moco_loss"]), rtol=1e-6)
     assert float(losses["tlm_loss"]) > 0 and np.isfinite(float(losses["moco_loss"]))
+
+
+def _tiny_bert(**kwargs):
+    from tf_mbalign.modeling.bert_encoder import BertEncoder
+
+    return BertEncoder(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
+                       intermediate_dim=16, dropout=0.0, **kwargs)
+
+
+def test_tied_mlm_head_gives_keras_hub_heads_logits_and_gradients():
+    import keras_hub
+
+    from tf_mbalign.modeling.mlm_head import TiedMaskedLMHead, tied_head_like
+
+    encoder = _tiny_bert()
+    keras_head = keras_hub.layers.MaskedLMHead(token_embedding=encoder.token_embedding,
+                                               intermediate_activation="gelu")
+    keras_head.build((None, None, 8), (None, None))
+    keras_head._bias.assign(np.random.default_rng(0).normal(size=50).astype(np.float32))
+    ours = tied_head_like(keras_head, encoder.token_embedding, "float32")
+    assert isinstance(ours, TiedMaskedLMHead)
+    assert ours.token_embedding is encoder.token_embedding  # still tied, not a copy
+    hidden = tf.random.stateless_normal([3, 7, 8], seed=[1, 2])
+    positions = tf.constant([[1, 2], [0, 6], [3, 3]])
+    table = encoder.token_embedding.embeddings
+    results = []
+    for head in (keras_head, ours):
+        with tf.GradientTape() as tape:
+            logits = head(hidden, mask_positions=positions)
+            loss = tf.reduce_sum(tf.sin(logits))
+        gradient = tf.convert_to_tensor(tape.gradient(loss, table))
+        assert logits.dtype == tf.float32 and logits.shape == (3, 2, 50)
+        results.append((logits.numpy(), gradient.numpy()))
+    (keras_logits, keras_gradient), (our_logits, our_gradient) = results
+    np.testing.assert_allclose(our_logits, keras_logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(our_gradient, keras_gradient, rtol=1e-5, atol=1e-6)
+    assert np.abs(keras_gradient).max() > 0  # the table does receive a gradient
+
+
+def test_encoder_at_another_precision_copies_weights_and_records_its_policy():
+    from tf_mbalign.modeling.bert_encoder import BertEncoder, encoder_at_precision
+
+    encoder = _tiny_bert()
+    assert encoder_at_precision(encoder, "float32") is encoder
+    copy = encoder_at_precision(encoder, "bfloat16")
+    assert copy.dtype_policy.name == "bfloat16" and copy.get_config()["dtype"]["config"][
+        "name"] == "bfloat16"  # the Keras file records the layers' policy
+    assert {w.dtype for w in copy.weights} == {"bfloat16"}
+    for source, target in zip(encoder.weights, copy.weights):
+        rounded = tf.cast(tf.cast(source.value, tf.bfloat16), tf.float32)
+        np.testing.assert_array_equal(rounded, tf.cast(target.value, tf.float32))
+    # A functional model drops `dtype`; the encoder keeps the one its layers got.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        assert BertEncoder.from_config(encoder.get_config()).dtype_policy.name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mean_pooling_of_bf16_states_sums_in_float32():
+    # 64 tokens near 1: a bf16 running sum (spacing 0.5 above 64) would be
+    # off by tenths; the float32 sum gives the mean of the bf16 values.
+    values = tf.cast(1.0 + 0.01 * tf.range(64, dtype=tf.float32), tf.bfloat16)
+    hidden = tf.reshape(values, [1, 64, 1])
+    mean = sentence_representation([hidden], tf.ones([1, 64], tf.int32), pooling="mean")
+    assert mean.dtype == tf.float32
+    np.testing.assert_allclose(mean.numpy()[0, 0],
+                               np.mean(tf.cast(values, tf.float32).numpy()), rtol=1e-6)
+    cls = sentence_representation([hidden], tf.ones([1, 64], tf.int32), pooling="cls")
+    assert cls.dtype == tf.float32 and float(cls[0, 0]) == 1.0

@@ -108,6 +108,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     quiet: bool = False
     export: bool = True
+    export_precision: str = "float32"
     retrieval_data: str = ""
     retrieval_every: int = 0
     retrieval_pairs: int = 200
@@ -280,6 +281,9 @@ HELP = {
     "keep_checkpoints": "Checkpoints kept in model_dir.",
     "quiet": "Log lines instead of a progress bar (for log files).",
     "export": "Export the aligned encoder to model_dir/export at the end.",
+    "export_precision": "Policy the export computes under: float32 whatever --precision "
+                        "trained (default), or mixed_bfloat16 / bfloat16 (bf16 weights too) "
+                        "where serving in bf16 is wanted.",
     "retrieval_data": "A Tatoeba-style dir (XX-en.XX, XX-en.en): log retrieval accuracy per "
                       "language to TensorBoard and metrics.jsonl while training ('' = off).",
     "retrieval_every": "Retrieval evaluation period in steps (0 = --checkpoint_every).",
@@ -299,8 +303,9 @@ TOPICS = {
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
                   "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm"],
     "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
-                                "seed", "quiet", "steps_per_loop", "retrieval_data",
-                                "retrieval_every", "retrieval_pairs", "alignment_check"],
+                                "export_precision", "seed", "quiet", "steps_per_loop",
+                                "retrieval_data", "retrieval_every", "retrieval_pairs",
+                                "alignment_check"],
     "distribution": ["strategy", "tpu", "precision", "jit_compile"],
 }
 CHOICES = {
@@ -308,6 +313,7 @@ CHOICES = {
     "contrastive_negatives": list(NEGATIVES),
     "strategy": list(distribute.STRATEGIES),
     "precision": list(distribute.PRECISION_CHOICES),
+    "export_precision": list(distribute.EXPORT_PRECISIONS),
 }
 FLAGS = flags.FLAGS
 

@@ -16,6 +16,9 @@ import tensorflow as tf
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PRECISION_CHOICES = ("auto",) + PRECISIONS
+# Policies an export computes under (`--export_precision`): float32 whatever
+# the training policy unless asked; `bfloat16` also stores the weights in bf16.
+EXPORT_PRECISIONS = ("float32", "mixed_bfloat16", "bfloat16")
 # CPU flags (as /proc/cpuinfo names them) of native bfloat16 matrix products.
 CPU_BFLOAT16_FLAGS = {"amx_bf16": "AMX (amx_bf16)", "avx512_bf16": "AVX512-BF16"}
 

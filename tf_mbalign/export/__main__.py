@@ -5,7 +5,8 @@ Usage:
 
 Writes encoder/ (TF-Hub encoder), preprocessor/, serving/<name>/<version>/
 (sentences in), serving/<name>_ids/<version>/ (token ids in, core ops only)
-and keras/ under --export_dir (see tf_mbalign/export/encoder_export.py).
+and keras/ under --export_dir (see tf_mbalign/export/encoder_export.py), in
+float32 unless --export_precision (or the run's flag) asks for bf16.
 """
 
 from tf_mbalign import runtime
@@ -17,9 +18,15 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
+from tf_mbalign.distribute import EXPORT_PRECISIONS  # noqa: E402
+
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A training run's --model_dir.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where to write the exports.")
 _SERVING_NAME = flags.DEFINE_string("serving_name", "tf_mbalign", "TF Serving model name.")
+_EXPORT_PRECISION = flags.DEFINE_enum(
+    "export_precision", None, list(EXPORT_PRECISIONS),
+    "Policy the export computes under (default: the run's --export_precision, float32 "
+    "unless it asked otherwise, whatever policy it trained under).")
 flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
@@ -42,7 +49,8 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         return 2
     paths = export_aligned_encoder(config, bundle.tokenizer, aligner, _EXPORT_DIR.value,
-                                   source=checkpoint, serving_name=_SERVING_NAME.value)
+                                   source=checkpoint, serving_name=_SERVING_NAME.value,
+                                   precision=_EXPORT_PRECISION.value)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

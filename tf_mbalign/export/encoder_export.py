@@ -29,9 +29,12 @@ import tensorflow as tf
 
 from tf_mbalign.atomic_files import replace_directory_atomic, write_json_atomic
 from tf_mbalign.data import tokenizers
+from tf_mbalign.distribute import EXPORT_PRECISIONS
 from tf_mbalign.export.hub_encoder import HubEncoder
 from tf_mbalign.export.preprocessor import Preprocessor
 from tf_mbalign.export.serving import SentenceEmbeddingServer, TokenIdsEmbeddingServer
+from tf_mbalign.modeling.bert_encoder import encoder_at_precision
+from tf_mbalign.modeling.mlm_head import tied_head_like
 
 
 def _save(obj, path):
@@ -57,9 +60,16 @@ def next_serving_version(serving_root):
 
 def export_encoder(encoder, tokenizer, export_dir, mlm_head=None, pooling="cls",
                    representation_layer=-1, seq_length=128, serving_name="tf_mbalign",
-                   source=""):
+                   source="", precision="float32"):
     """Writes all exports; returns a dict of their paths (`export_dir` joined
-    with the relative paths that `export_info.json` records)."""
+    with the relative paths that `export_info.json` records).
+
+    `precision`: the Keras policy every export computes under, whatever the
+    policy `encoder` trained under: `float32` (default; a mixed-bf16-trained
+    encoder's float32 weights exported as they are), `mixed_bfloat16` (float32
+    weights, bf16 matmuls) or `bfloat16` (weights stored in bf16 too). Outputs
+    are float32 in every case."""
+    encoder, mlm_head = models_at_precision(encoder, mlm_head, precision)
     relative = {"encoder": "encoder", "preprocessor": "preprocessor", "keras": "keras"}
     paths = {key: os.path.join(export_dir, value) for key, value in relative.items()}
     replace_directory_atomic(paths["encoder"], lambda p: _save(HubEncoder(encoder, mlm_head), p))
@@ -78,9 +88,21 @@ def export_encoder(encoder, tokenizer, export_dir, mlm_head=None, pooling="cls",
     ids_server = TokenIdsEmbeddingServer(encoder, pooling, representation_layer)
     replace_directory_atomic(paths["serving_ids"], lambda p: _save(ids_server, p))
     info = dict(relative, source=source, pooling=pooling, representation_layer=representation_layer,
-                seq_length=seq_length, serving_version=version)
+                seq_length=seq_length, serving_version=version, precision=precision)
     write_json_atomic(os.path.join(export_dir, "export_info.json"), info, indent=2)
     return paths
+
+
+def models_at_precision(encoder, mlm_head, precision):
+    """(encoder, MLM head) computing under `precision` (copies where the
+    policy differs; the head stays tied to the returned encoder)."""
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"export precision must be one of {EXPORT_PRECISIONS}, "
+                         f"got {precision!r}")
+    exported = encoder_at_precision(encoder, precision)
+    if mlm_head is not None:
+        mlm_head = tied_head_like(mlm_head, exported.token_embedding, precision)
+    return exported, mlm_head
 
 
 EXPORT_PATH_KEYS = ("encoder", "preprocessor", "keras", "serving", "serving_ids")

@@ -127,11 +127,13 @@ class HubEncoder(tf.__internal__.tracking.AutoTrackable):
     def _call(self, inputs, training=False):
         inputs = check_inputs(inputs, self.max_sequence_length)
         outputs = self._encoder(encoder_inputs(inputs), training=training)
+        # float32 whatever the export's policy (a bf16 export computes in bf16).
+        pooled = tf.cast(outputs["pooled_output"], tf.float32)
         return {
-            "pooled_output": outputs["pooled_output"],
-            "sequence_output": outputs["sequence_output"],
-            "encoder_outputs": list(outputs["encoder_outputs"]),
-            "default": outputs["pooled_output"],
+            "pooled_output": pooled,
+            "sequence_output": tf.cast(outputs["sequence_output"], tf.float32),
+            "encoder_outputs": [tf.cast(x, tf.float32) for x in outputs["encoder_outputs"]],
+            "default": pooled,
         }
 
     def signatures(self):

@@ -12,14 +12,17 @@ from tf_mbalign.training.callbacks import TrainingCallback
 
 
 def export_aligned_encoder(config, tokenizer, aligner, export_dir, source,
-                           serving_name="tf_mbalign"):
+                           serving_name="tf_mbalign", precision=None):
     """Writes every export of `aligner.encoder` (see `encoder_export.py`) with
-    the sentence representation `config` (a `TrainConfig`) trained; returns
-    their paths."""
+    the sentence representation `config` (a `TrainConfig`) trained, computing
+    under `precision` (default: `config.export_precision`, float32 unless the
+    run asked otherwise, whatever policy it trained under); returns their
+    paths."""
     return encoder_export.export_encoder(
         aligner.encoder, tokenizer, export_dir, mlm_head=aligner.mlm_head,
         pooling=config.pooling, representation_layer=config.representation_layer,
         seq_length=config.max_seq_length, serving_name=serving_name, source=source,
+        precision=precision or config.export_precision,
     )
 
 

@@ -33,11 +33,11 @@ clipping, the head-only warm-up, skipped steps) is
 """
 
 import keras
-import keras_hub
 import tensorflow as tf
 
 from tf_mbalign.modeling import momentum_contrast as moco
 from tf_mbalign.modeling.bert_encoder import clone_encoder
+from tf_mbalign.modeling.mlm_head import TiedMaskedLMHead
 from tf_mbalign.modeling.pooling import l2_normalized, sentence_representation
 
 NEGATIVES = ("queue", "in_batch")
@@ -62,7 +62,8 @@ class Aligner(keras.Model):
         projection_dim: int. Width of a linear projection head before the
             contrastive loss; 0 for none.
         mlm_head: optional `keras_hub.layers.MaskedLMHead` (e.g. loaded with a
-            checkpoint); a new one tied to the token embeddings otherwise.
+            checkpoint); a new `TiedMaskedLMHead` (keras-hub's head, decoding
+            without transposing the table) tied to the token embeddings otherwise.
 
     Example:
     ```python
@@ -109,7 +110,7 @@ class Aligner(keras.Model):
         self.key_encoder = clone_encoder(encoder, name="key_encoder") if uses_queue else None
         if self.key_encoder is not None:
             self.key_encoder.trainable = False
-        self.mlm_head = mlm_head or keras_hub.layers.MaskedLMHead(
+        self.mlm_head = mlm_head or TiedMaskedLMHead(
             vocabulary_size=encoder.vocabulary_size,
             token_embedding=encoder.token_embedding,
             intermediate_activation="gelu",

@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import tensorflow as tf
 
 
 def _initializer(stddev=0.02):
@@ -168,6 +169,10 @@ class BertEncoder(keras.Model):
             dtype=dtype,
             **kwargs,
         )
+        # A functional model drops `dtype`: its own policy would be the global
+        # one at construction, which `get_config` (and so the Keras file)
+        # records, whatever policy the layers got.
+        self.dtype_policy = self.token_embedding.dtype_policy
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -229,3 +234,26 @@ def clone_encoder(encoder, **overrides):
     clone = BertEncoder.from_config(config)
     clone.set_weights(encoder.get_weights())
     return clone
+
+
+def encoder_at_precision(encoder, policy):
+    """`encoder` itself when its dtype policy is `policy`, else a copy of it
+    computing under `policy` (e.g. the float32 export of a model trained in
+    mixed bf16: same float32 weights, float32 compute). Weights are copied
+    variable to variable (cast to the copy's variable dtype)."""
+    if encoder.dtype_policy.name == policy:
+        return encoder
+    copy = BertEncoder.from_config(dict(encoder.get_config(), dtype=policy))
+    copy_weights(encoder.weights, copy.weights)
+    return copy
+
+
+def copy_weights(sources, targets):
+    """Assigns each source variable to its target (same shapes, same order),
+    cast to the target's dtype; no host copy."""
+    if len(sources) != len(targets):
+        raise ValueError(f"{len(sources)} source weights for {len(targets)} targets")
+    for source, target in zip(sources, targets):
+        if tuple(source.shape) != tuple(target.shape):
+            raise ValueError(f"{source.path} {source.shape} -> {target.path} {target.shape}")
+        target.assign(tf.cast(source.value, target.dtype))

@@ -17,7 +17,9 @@ POOLINGS = ("cls", "mean")
 
 
 def sentence_representation(encoder_outputs, padding_mask, layer=-1, pooling="cls"):
-    """[CLS] or mean-pooled hidden states of one encoder layer (not normalized).
+    """[CLS] or mean-pooled hidden states of one encoder layer (not
+    normalized), float32: under mixed precision the mean is summed in float32
+    (a bf16 sum over a sentence's tokens keeps 8 bits of mantissa).
 
     Args:
         encoder_outputs: list of [batch, seq, hidden] tensors, one per layer.
@@ -27,12 +29,11 @@ def sentence_representation(encoder_outputs, padding_mask, layer=-1, pooling="cl
     """
     hidden = encoder_outputs[layer]
     if pooling == "cls":
-        return hidden[:, 0, :]
+        return tf.cast(hidden[:, 0, :], tf.float32)
     if pooling == "mean":
-        mask = tf.cast(padding_mask, hidden.dtype)[:, :, None]
-        return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(
-            tf.reduce_sum(mask, axis=1), tf.cast(1.0, hidden.dtype)
-        )
+        hidden = tf.cast(hidden, tf.float32)
+        mask = tf.cast(padding_mask, tf.float32)[:, :, None]
+        return tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
     raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
 
 
