@@ -2,19 +2,16 @@
 
 `cpu` is sized so that one encoder's whole suite (four tasks, 2 seeds, plus
 retrieval with both poolings) should finish in about 60 minutes on 2 CPU
-cores with e5-small. The per-task minutes below are *estimates* scaled from
-one measurement (fine-tuning e5-small on 8,000 SNLI rows for one epoch:
-~14 min on 2 cores; testing 2,490 pairs: ~1 min); **the wall time of this
-budget is still to be measured** (each job's JSON records its
-`wall_seconds`):
+cores with e5-small. Measured (2026-12-02, e5-small, 2 seeds, a quiet
+2-vCPU AMD EPYC Zen 4; RESULTS.md): 27.6 min in all.
 
-| task | training | test rows a language | estimate, 2 seeds |
+| task | training | test rows a language | measured, 2 seeds |
 | --- | --- | --- | --- |
-| nli | 4,000 SNLI rows, 1 epoch, batch 32 | 800 pairs | ~19 min |
-| ner | 2,000 sentences, 1 epoch, batch 16 | 500 sentences | ~10 min |
-| pos | 2,000 sentences, 1 epoch, batch 16 | 500 sentences | ~10 min |
-| topic | 701 rows, 4 epochs, batch 16 | all 204 | ~8 min |
-| retrieval | none | all 1,000 pairs, [CLS] and mean | ~5 min |
+| nli | 4,000 SNLI rows, 1 epoch, batch 32 | 800 pairs | 585 s |
+| ner | 2,000 sentences, 1 epoch, batch 16 | 500 sentences | 210 s |
+| pos | 2,000 sentences, 1 epoch, batch 16 | 500 sentences | 289 s |
+| topic | 701 rows, 4 epochs, batch 16 | all 204 | 390 s |
+| retrieval | none | all 1,000 pairs, [CLS] and mean | 179 s |
 
 Expected 95% half-widths of the non-English averages (7 languages, test-row
 noise only, before seed noise): NLI ≈ ±1.3 points (800 rows at ~60%), NER
