@@ -117,16 +117,24 @@ class ParallelCorpus:
 
     def unnamed_language_warning(self):
         """A warning when some pairs' language is unknown (`xx`), else None."""
-        if UNKNOWN_LANGUAGE not in self.languages:
-            return None
-        count = self.language_counts()[UNKNOWN_LANGUAGE]
-        return (
-            f"{', '.join(self.stats.files)}: the language of {count} pairs is unknown "
-            f"({UNKNOWN_LANGUAGE!r}), so they are logged and sampled as one language "
-            f"{UNKNOWN_LANGUAGE!r}. Name a TSV file en-XX.tsv (e.g. en-de.tsv), line-aligned "
-            "files NAME.en and NAME.XX (e.g. train.en,train.de), or put en-XX.tsv files in "
-            "a directory and pass --corpus=<directory>."
-        )
+        return unnamed_language_warning(self.stats.files, self.language_counts())
+
+    def sources_of(self, pair_ids):
+        """`file:line` of each pair id (ids outside the corpus are left out)."""
+        return [self.sources[i] for i in pair_ids if 0 <= i < len(self.sources)]
+
+
+def unnamed_language_warning(files, language_counts):
+    """A warning when some pairs' language is unknown (`xx`), else None."""
+    if UNKNOWN_LANGUAGE not in language_counts:
+        return None
+    return (
+        f"{', '.join(files)}: the language of {language_counts[UNKNOWN_LANGUAGE]} pairs is "
+        f"unknown ({UNKNOWN_LANGUAGE!r}), so they are logged and sampled as one language "
+        f"{UNKNOWN_LANGUAGE!r}. Name a TSV file en-XX.tsv (e.g. en-de.tsv), line-aligned "
+        "files NAME.en and NAME.XX (e.g. train.en,train.de), or put en-XX.tsv files in "
+        "a directory and pass --corpus=<directory>."
+    )
 
 
 def has_visible_text(text):
@@ -584,12 +592,7 @@ def epoch_index(corpus, alpha=0.7, seed=0):
     remainder. The training pipeline reshuffles this index every epoch.
     """
     counts = np.bincount(corpus.language_ids, minlength=len(corpus.languages))
-    weights = counts.astype(np.float64) ** alpha
-    probabilities = weights / weights.sum()
-    # Largest-remainder rounding: the shares add up to exactly N pairs.
-    raw = probabilities * len(corpus)
-    targets = np.floor(raw).astype(np.int64)
-    targets[np.argsort(-(raw - targets), kind="stable")[: len(corpus) - targets.sum()]] += 1
+    targets = language_targets(counts, alpha)
     rng = np.random.default_rng(seed)
     parts = []
     for language, target in enumerate(targets):
@@ -598,3 +601,20 @@ def epoch_index(corpus, alpha=0.7, seed=0):
         parts.extend([members] * copies)
         parts.append(np.sort(rng.choice(members, size=remainder, replace=False)))
     return np.concatenate(parts).astype(np.int64)
+
+
+def language_targets(counts, alpha):
+    """Pairs of each language in one epoch of sum(counts) pairs: p_l
+    proportional to counts[l] ** alpha, rounded so they add up exactly."""
+    weights = np.asarray(counts, np.float64) ** alpha
+    return apportion(int(np.sum(counts)), weights)
+
+
+def apportion(total, weights):
+    """`total` split in proportion to `weights` (int64 array), by
+    largest-remainder rounding: the parts add up to exactly `total`."""
+    weights = np.asarray(weights, np.float64)
+    raw = weights / weights.sum() * total
+    parts = np.floor(raw).astype(np.int64)
+    parts[np.argsort(-(raw - parts), kind="stable")[: total - parts.sum()]] += 1
+    return parts
