@@ -57,9 +57,16 @@ def corpus(prepared_dir):
     return prepared.PreparedCorpus.open(prepared_dir)
 
 
+_PLANS = {}
+
+
 def _plan(corpus, pipelines=1, pipeline_id=0, window=streamed_pipeline.SHUFFLE_WINDOW):
-    shares = streamed_pipeline.shard_shares(corpus.shards, corpus.languages, ALPHA)
-    return streamed_pipeline.PipelinePlan(shares, pipelines, pipeline_id, SEED, window)
+    """A `PipelinePlan`, kept for the module (a plan traces its functions once)."""
+    key = (corpus.directory, pipelines, pipeline_id, window)
+    if key not in _PLANS:
+        shares = streamed_pipeline.shard_shares(corpus.shards, corpus.languages, ALPHA)
+        _PLANS[key] = streamed_pipeline.PipelinePlan(shares, pipelines, pipeline_id, SEED, window)
+    return _PLANS[key]
 
 
 def _pair_ids(plan, start, count):
@@ -76,7 +83,8 @@ def test_an_epoch_applies_the_alpha_rule_to_the_whole_corpus(corpus, corpus_dir)
     plan = _plan(corpus)
     size = plan.epoch_size
     assert size == sum(SIZES.values())
-    first, second = _pair_ids(plan, 0, size), _pair_ids(plan, size, size)
+    both = _pair_ids(plan, 0, 2 * size)
+    first, second = both[:size], both[size:]
     # Pairs per language: the in-memory rule (corpus.epoch_index) exactly.
     targets = corpus_lib.language_targets([SIZES[l] for l in sorted(SIZES)], ALPHA)
     assert _languages_of(first, corpus_dir) == dict(zip(sorted(SIZES), targets))
@@ -96,8 +104,16 @@ def test_an_epoch_applies_the_alpha_rule_to_the_whole_corpus(corpus, corpus_dir)
 def test_resuming_at_any_position_gives_the_same_records(corpus):
     plan = _plan(corpus, window=16)  # windows and epochs both end inside the range
     reference = _pair_ids(plan, 0, 100)
-    for start in (17, 58, 75):  # inside a window; an epoch's first; inside epoch 2
+    for start in (17, 75):  # inside a window of epoch 1; inside epoch 2
         assert _pair_ids(plan, start, 100 - start) == reference[start:], start
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus, tokenizer):
+    """The first 12 batches of the only worker and of each of 2 workers
+    (built once for the tests below)."""
+    return {(pipelines, worker): _examples(corpus, tokenizer, pipelines, worker, 0, 12)
+            for pipelines in (1, 2) for worker in range(pipelines)}
 
 
 def _examples(corpus, tokenizer, pipelines, pipeline_id, start_example, batches):
@@ -115,17 +131,15 @@ def _epoch_pair_ids(batches, size):
 
 
 def test_two_workers_read_disjoint_shards_and_together_give_the_one_worker_epoch(
-        corpus, tokenizer, corpus_dir):
+        corpus, corpus_dir, uninterrupted):
     one = _plan(corpus)
     two = [_plan(corpus, 2, worker) for worker in range(2)]
     assert not set(two[0].paths) & set(two[1].paths)
     assert sorted(two[0].paths + two[1].paths) == sorted(one.paths)
     assert two[0].epoch_size + two[1].epoch_size == one.epoch_size
 
-    single = _epoch_pair_ids(_examples(corpus, tokenizer, 1, 0, 0, 8), one.epoch_size)
-    per_worker = [
-        _epoch_pair_ids(_examples(corpus, tokenizer, 2, w, 0, 8), two[w].epoch_size)
-        for w in range(2)]
+    single = _epoch_pair_ids(uninterrupted[1, 0], one.epoch_size)
+    per_worker = [_epoch_pair_ids(uninterrupted[2, w], two[w].epoch_size) for w in range(2)]
     assert collections.Counter(per_worker[0] + per_worker[1]) == collections.Counter(single)
     assert not set(per_worker[0]) & set(per_worker[1])  # no pair on both workers
     # Each worker's share has the corpus' (sampled) language mix.
@@ -136,32 +150,36 @@ def test_two_workers_read_disjoint_shards_and_together_give_the_one_worker_epoch
             assert abs(mix[language] - count / 2) <= 2, (language, mix, whole)
 
 
-def test_resumed_batches_equal_the_uninterrupted_ones(corpus, tokenizer, monkeypatch):
-    monkeypatch.setattr(streamed_pipeline, "SHUFFLE_WINDOW", 16)
+def test_resumed_batches_equal_the_uninterrupted_ones(corpus, tokenizer, uninterrupted):
+    """Resumed in the second epoch (one worker) and inside the first (worker
+    1 of 2); window boundaries are crossed in the test above."""
     for pipelines, pipeline_id, step in ((1, 0, 9), (2, 1, 5)):
-        reference = _examples(corpus, tokenizer, pipelines, pipeline_id, 0, step + 3)
+        reference = uninterrupted[pipelines, pipeline_id]
         resumed = _examples(corpus, tokenizer, pipelines, pipeline_id, step * GLOBAL_BATCH, 3)
+        assert len(reference[step:step + 3]) == len(resumed) == 3
         for expected, batch in zip(reference[step:], resumed):
             for key in expected:
                 np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
 
 
 def test_streamed_examples_equal_the_in_memory_examples_of_the_same_pairs(
-        corpus, tokenizer, corpus_dir):
+        tokenizer, corpus_dir, uninterrupted):
     """Prepared ids = in-graph tokenization; the coin and masks follow the
     global position as in memory."""
     reference = corpus_lib.read_corpus(corpus_dir)
     config = tiny_train_config("/tmp/unused", seed=SEED).pipeline_config()
-    batches = _examples(corpus, tokenizer, 2, 1, 0, 3)
+    in_memory = tf.function(lambda english, other, position, pair: pipeline.make_example(
+        english, other, position, tokenizer, config, pair_id=pair))
+    batches = uninterrupted[2, 1][:3]
     positions = np.concatenate([b["position"] for b in batches])
     # Worker 1 of 2 gives the second half of every global batch.
     assert positions.tolist() == [s * 8 + 4 + i for s in range(3) for i in range(4)]
     for batch in batches:
         for row in range(len(batch["pair_id"])):
             pair = int(batch["pair_id"][row])
-            expected = pipeline.make_example(
-                tf.constant(reference.english[pair]), tf.constant(reference.other[pair]),
-                int(batch["position"][row]), tokenizer, config, pair_id=pair)
+            expected = in_memory(tf.constant(reference.english[pair]),
+                                 tf.constant(reference.other[pair]),
+                                 tf.constant(batch["position"][row]), tf.constant(pair, tf.int64))
             for key, value in expected.items():
                 np.testing.assert_array_equal(batch[key][row], value.numpy(), err_msg=key)
 

@@ -128,6 +128,9 @@ class PipelinePlan:
         self.stream_sizes = np.array([sum(p[2] for p in passes) for passes in self.streams],
                                      np.int64)
         self.epoch_size = int(self.stream_sizes.sum())
+        # Traced once per plan, shared by every stream and every epoch.
+        self._pass_records = tf.function(self._read_pass)
+        self._epoch_records = tf.function(self.epoch_records)
         if not self.epoch_size:
             raise ValueError(
                 f"input pipeline {pipeline_id} of {num_pipelines} has no shard to read: the "
@@ -202,18 +205,18 @@ class PipelinePlan:
         skips = tf.concat([tf.reshape(offset - starts[first], [1]),
                            tf.zeros([tf.shape(starts, out_type=tf.int64)[0] - first - 1],
                                     tf.int64)], 0)
-        paths = tf.constant(self.paths)
-
-        def records_of(share, kept, skip):
-            def kept_records(block, records):
-                positions = block * _READ_BLOCK + tf.range(tf.shape(records, out_type=tf.int64)[0])
-                return tf.boolean_mask(records, self._kept(share, positions, kept))
-
-            records = tf.data.TFRecordDataset(tf.gather(paths, share)).batch(_READ_BLOCK)
-            return records.enumerate().map(kept_records).unbatch().skip(skip)
-
         return tf.data.Dataset.from_tensor_slices(
-            (passes[first:, 0], passes[first:, 1], skips)).flat_map(records_of)
+            (passes[first:, 0], passes[first:, 1], skips)).flat_map(self._pass_records)
+
+    def _read_pass(self, share, kept, skip):
+        """The records of one pass over share `share` (keeping its `kept`
+        lowest-ranked ones), after the first `skip`."""
+        def kept_records(block, records):
+            positions = block * _READ_BLOCK + tf.range(tf.shape(records, out_type=tf.int64)[0])
+            return tf.boolean_mask(records, self._kept(share, positions, kept))
+
+        records = tf.data.TFRecordDataset(tf.gather(tf.constant(self.paths), share))
+        return records.batch(_READ_BLOCK).enumerate().map(kept_records).unbatch().skip(skip)
 
     def _window_streams(self, epoch, window):
         """Language stream of each slot of a shuffle window."""
@@ -252,7 +255,7 @@ class PipelinePlan:
              tf.constant(offsets, tf.int64)))
         epochs = epochs.concatenate(tf.data.Dataset.range(epoch + 1, tf.int64.max).map(
             lambda later: (later, tf.constant(0, tf.int64), no_offsets)))
-        return epochs.flat_map(self.epoch_records).skip(inside)
+        return epochs.flat_map(self._epoch_records).skip(inside)
 
 
 def build_dataset(corpus, tokenizer, config, global_batch_size, input_context=None,
