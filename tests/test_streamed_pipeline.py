@@ -219,3 +219,13 @@ def test_a_tokenizer_mismatch_is_refused_before_training(prepared_dir, tmp_path)
     assert f"--encoder=tiny:{other}" in message
     assert "python -m tf_mbalign.prepare" in message and "--output=NEW_DIR" in message
     assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_more_workers_than_shards_is_refused_and_uneven_ones_warned(corpus):
+    training_input.check_workers(corpus, 4)
+    with pytest.raises(CorpusError, match="at most 4 shards per language for 5 workers"):
+        training_input.check_workers(corpus, 5)
+    warnings = training_input.corpus_warnings(corpus, corpus.max_chars, workers=3)
+    assert len(warnings) == 1 and "a multiple of 3" in warnings[0]
+    assert training_input.corpus_warnings(corpus, corpus.max_chars, workers=2) == []
+    assert "--max_chars=50 does not change" in training_input.corpus_warnings(corpus, 50)[0]

@@ -259,23 +259,18 @@ class PipelinePlan:
 
 
 def build_dataset(corpus, tokenizer, config, global_batch_size, input_context=None,
-                  start_example=0, warn=None):
+                  start_example=0):
     """`pipeline.build_dataset` for a `PreparedCorpus`: per-replica batches,
-    endless and deterministic, reading only this pipeline's shards.
+    endless and deterministic, reading only this pipeline's shards
+    (`mix_problems` says when they cannot hold the corpus' language mix).
 
-    Args:
-        corpus: a `PreparedCorpus`.
-        warn: callable told when this worker's share cannot have the
-            corpus' language mix (shards do not split evenly over workers).
+    Raises:
+        ValueError: this pipeline has no shard (more workers than shards).
     """
     layout = ReplicaLayout.of(global_batch_size, input_context)
     if start_example % global_batch_size:
         raise ValueError(f"start_example={start_example} is not a whole number of global "
                          f"batches of {global_batch_size}.")
-    problems = mix_problems(corpus.shards, corpus.languages, layout.num_pipelines)
-    if problems and warn:
-        warn(f"{corpus.directory}: " + "; ".join(problems) + ". Prepare the corpus with "
-             "--shards_per_language a multiple of the number of workers.")
     plan = PipelinePlan(shard_shares(corpus.shards, corpus.languages,
                                      config.language_sampling_alpha),
                         layout.num_pipelines, layout.pipeline_id, config.seed)

@@ -34,11 +34,33 @@ def check_tokenizer(corpus, tokenizer, encoder):
         corpus.check_tokenizer(tokenizer, encoder)
 
 
-def corpus_warnings(corpus, max_chars):
+def check_workers(corpus, workers):
+    """Raises `CorpusError` when some of `workers` would get no shard of a
+    prepared corpus (it has fewer shards per language than workers)."""
+    if not isinstance(corpus, PreparedCorpus):
+        return
+    most = max(1 + max(s.index for s in corpus.shards if s.language == language)
+               for language in corpus.languages)
+    if most < workers:
+        raise corpus_lib.CorpusError(
+            f"{corpus.directory} has at most {most} shards per language for {workers} "
+            "workers: some workers would read nothing. Prepare it again with "
+            f"--shards_per_language a multiple of {workers} (python -m tf_mbalign.prepare "
+            f"--corpus={corpus.manifest['corpus']} ... --overwrite).")
+
+
+def corpus_warnings(corpus, max_chars, workers=1):
     """Warnings to print before training (unknown language, a --max_chars
-    that a prepared corpus cannot honour, a large in-memory corpus)."""
+    that a prepared corpus cannot honour, shards that do not split evenly
+    over the workers, a large in-memory corpus)."""
     warnings = [corpus.unnamed_language_warning()]
     if isinstance(corpus, PreparedCorpus):
+        problems = streamed_pipeline.mix_problems(corpus.shards, corpus.languages, workers)
+        if problems:
+            warnings.append(
+                f"{corpus.directory}: " + "; ".join(problems) + ", so not every worker's "
+                "share has the corpus' language mix. Prepare it with --shards_per_language a "
+                f"multiple of {workers}.")
         if corpus.max_chars != max_chars:
             warnings.append(
                 f"{corpus.directory} was truncated at {corpus.max_chars} characters when it "
@@ -62,15 +84,14 @@ def describe(corpus):
     return line
 
 
-def distributed_dataset(strategy, corpus, tokenizer, config, global_batch_size, start_example=0,
-                        warn=None):
+def distributed_dataset(strategy, corpus, tokenizer, config, global_batch_size, start_example=0):
     """Per-replica batches through `distribute_datasets_from_function`: each
     input pipeline builds its own part (streamed: only its shards)."""
 
     def dataset_fn(input_context):
         if isinstance(corpus, PreparedCorpus):
             return streamed_pipeline.build_dataset(corpus, tokenizer, config, global_batch_size,
-                                                   input_context, start_example, warn=warn)
+                                                   input_context, start_example)
         return pipeline.build_dataset(corpus, tokenizer, config, global_batch_size,
                                       input_context, start_example)
 

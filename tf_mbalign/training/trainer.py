@@ -92,6 +92,7 @@ class AlignmentRun:
         with self.strategy.scope():
             self.bundle = encoders.load_encoder(config.encoder, dropout=config.dropout)
         training_input.check_tokenizer(self.corpus, self.bundle.tokenizer, config.encoder)
+        training_input.check_workers(self.corpus, distribute.num_workers(self.strategy))
         with self.strategy.scope():
             self.alignment_step = build_alignment_step(config, self.bundle, self.fault)
         self.aligner = self.alignment_step.aligner
@@ -131,7 +132,7 @@ class AlignmentRun:
             iterator = iter(training_input.distributed_dataset(
                 self.strategy, self.corpus, self.bundle.tokenizer,
                 self.config.pipeline_config(), self.config.global_batch_size,
-                start_example=int(self.state.examples_consumed.numpy()), warn=self.warn))
+                start_example=int(self.state.examples_consumed.numpy())))
             for callback in self.callbacks:
                 callback.on_run_start(self, start)
             step = start
@@ -163,7 +164,8 @@ class AlignmentRun:
         if self.chief:
             write_text_atomic(f"{self.config.model_dir}/flags.json", self.config.to_json() + "\n")
             self.log(f"corpus: {training_input.describe(self.corpus)}")
-            for warning in training_input.corpus_warnings(self.corpus, self.config.max_chars):
+            for warning in training_input.corpus_warnings(
+                    self.corpus, self.config.max_chars, distribute.num_workers(self.strategy)):
                 self.warn(warning)
             self.log(f"encoder: {self.bundle.source}; "
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
