@@ -20,11 +20,12 @@ not fit):
 Memory is read from /proc/self/status: VmHWM after resetting it (writing 5
 to /proc/self/clear_refs) at the baseline, and VmRSS sampled every 20 ms;
 the larger is reported. Before the baseline, memory freed while loading is
-handed back to the OS (`malloc_trim`), so it cannot hide later growth. Goals: prepare <= 1 GiB above baseline; input <= 1
-GiB above baseline at every size; input >= 2,000 pairs/s per worker (twice
-an mBERT-base step at batch 256 on a GPU-class device, assumed ~0.25 s:
-~1,000 pairs/s) and >= 20x the e5-small step's consumption
-(`--e5_step_pairs_per_s`, default 2.11: BENCHMARKS.md section 1, CPU).
+handed back to the OS (`malloc_trim`), so it cannot hide later growth.
+Goals: prepare <= 1 GiB above baseline; input <= 1 GiB above baseline at
+every size; input >= 2,000 pairs/s per worker (twice an mBERT-base step at
+batch 256 on a GPU-class device, assumed ~0.25 s: ~1,000 pairs/s) and >=
+20x the e5-small step's consumption (`--e5_step_pairs_per_s`, default 2.11:
+BENCHMARKS.md section 1, CPU).
 
 Usage (from the repository root):
   python benchmarks/prepared_corpus.py --json results/prepared_corpus.json

@@ -18,7 +18,8 @@ import tensorflow as tf  # noqa: E402
 
 from conftest import tiny_train_config  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib  # noqa: E402
-from tf_mbalign.data import corpus_preparation, pipeline, streamed_pipeline, training_input  # noqa: E402,E501
+from tf_mbalign.data import corpus_preparation, pipeline, streamed_pipeline  # noqa: E402
+from tf_mbalign.data import training_input  # noqa: E402
 from tf_mbalign.data import prepared_corpus as prepared  # noqa: E402
 from tf_mbalign.data.corpus import CorpusError  # noqa: E402
 from tf_mbalign.modeling import encoders  # noqa: E402

@@ -125,8 +125,8 @@ class PipelinePlan:
         self.pipeline_id, self.seed, self.window = pipeline_id, seed, window
         languages = sorted({s.language for s in self.shares if s.per_epoch})
         self.streams = [self._passes_of(language) for language in languages]
-        self.stream_sizes = np.array([sum(p[2] for p in passes) for passes in self.streams],
-                                     np.int64)
+        self.stream_sizes = np.array([sum(kept for _, kept in passes)
+                                      for passes in self.streams], np.int64)
         self.epoch_size = int(self.stream_sizes.sum())
         # Traced once per plan, shared by every stream and every epoch.
         self._pass_records = tf.function(self._read_pass)
@@ -139,14 +139,14 @@ class PipelinePlan:
                 "(a multiple of it keeps every worker's language mix).")
 
     def _passes_of(self, language):
-        """(share number in `shares`, records kept per pass, records) of each
-        pass over the language's shards: full passes first, then the subset."""
+        """(share number in `shares`, records the pass keeps) of each pass
+        over the language's shards: full passes, and the subset passes."""
         passes = []
         for number, share in enumerate(self.shares):
             if share.language == language:
-                passes += [(number, share.pairs, share.pairs)] * share.copies
+                passes += [(number, share.pairs)] * share.copies
                 if share.extra:
-                    passes.append((number, share.extra, share.extra))
+                    passes.append((number, share.extra))
         return passes
 
     @property
@@ -177,7 +177,7 @@ class PipelinePlan:
         count = len(self.streams[stream])
         return tf.random.experimental.index_shuffle(
             tf.range(count, dtype=tf.int64),
-            seed=_seed(self.seed, _SALT_PASSES, epoch, self.pipeline_id * 4096 + stream),
+            seed=_seed(self.seed, _SALT_PASSES, epoch, self.pipeline_id, stream),
             max_index=count - 1)
 
     def _kept(self, share, positions, kept):
@@ -197,8 +197,8 @@ class PipelinePlan:
         """Serialized records of one language stream in epoch `epoch`, from
         its `offset`-th record on."""
         passes = tf.gather(tf.constant(self.streams[stream], tf.int64),
-                           self._pass_order(epoch, stream))  # [n, 3] in this epoch's order
-        starts = tf.cumsum(passes[:, 2], exclusive=True)
+                           self._pass_order(epoch, stream))  # [n, 2] in this epoch's order
+        starts = tf.cumsum(passes[:, 1], exclusive=True)
         offset = tf.cast(offset, tf.int64)
         first = tf.searchsorted(starts, tf.reshape(offset, [1]), side="right",
                                 out_type=tf.int64)[0] - 1
@@ -239,7 +239,7 @@ class PipelinePlan:
     def _permuted(self, epoch, index, window):
         size = tf.shape(window, out_type=tf.int64)[0]
         order = tf.random.experimental.index_shuffle(
-            tf.range(size), seed=_seed(self.seed, _SALT_WINDOW, epoch, index),
+            tf.range(size), seed=_seed(self.seed, _SALT_WINDOW, epoch, self.pipeline_id, index),
             max_index=size - 1)
         return tf.gather(window, order)
 
