@@ -56,6 +56,10 @@ def main(argv):
     if _SHARDS.value < 1:
         print("error: --shards_per_language must be >= 1", file=sys.stderr)
         return runtime.BAD_FLAGS_EXIT_CODE
+    if _CORPUS.value.startswith("prepared:"):
+        print(f"error: --corpus={_CORPUS.value} is prepared already: train with it, or "
+              "pass the corpus it was prepared from.", file=sys.stderr)
+        return runtime.BAD_FLAGS_EXIT_CODE
     try:
         tokenizer = encoders.load_tokenizer(_ENCODER.value)
         request = corpus_preparation.PreparationRequest.for_tokenizer(
