@@ -17,6 +17,10 @@ One example's path: tokenize both sides -> `shuffle_pair_order` (random input
 shuffling, `input_shuffling.py`) -> `pack_pair` (`pair_packing.py`) ->
 `tlm_masking` (`tlm_masking.py`) for the TLM input, `pack_single` for the MoCo
 query (the side that came first) and key. `query_is_english` records the coin.
+
+This is the in-memory path; a prepared corpus is streamed from its shards
+by `streamed_pipeline.py` (same examples from ids: `make_example_from_ids`),
+and `training_input.py` chooses between them.
 """
 
 import dataclasses
