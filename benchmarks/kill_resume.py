@@ -6,8 +6,13 @@ the others a random 0-60 ms after a randomly chosen step), resumes it to the
 end and compares it with an uninterrupted run of the same flags (run beside
 the first attempt). Prints the figures; exits 1 if the runs differ.
 
+With --prepared the demo corpus is first prepared (`tf_mbalign.prepare`'s
+library, 4 shards per language) and both runs stream it; --workers 2 runs
+every attempt as two local MultiWorkerMirroredStrategy workers.
+
 Usage:
   python benchmarks/kill_resume.py [--kills 20] [--seed S] [--work_dir DIR]
+      [--prepared] [--workers 2]
 """
 
 import argparse
@@ -34,6 +39,9 @@ def main():
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint_every", type=int, default=3)
     parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--prepared", action="store_true",
+                        help="stream a prepared copy of the demo corpus")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     train_steps = 4 * args.kills  # room for every kill: each lands <= 6 steps past a checkpoint
@@ -43,13 +51,17 @@ def main():
     print(f"seed {seed}; {args.kills} kills over {total} steps (checkpoint every "
           f"{args.checkpoint_every}); work dir {work_dir}", flush=True)
 
+    corpus = kill_harness.prepare_demo(os.path.join(work_dir, "prepared")) if args.prepared \
+        else "demo"
     started = time.time()
     reference = kill_harness.start_training(os.path.join(work_dir, "reference"), train_steps,
                                             args.checkpoint_every,
-                                            os.path.join(work_dir, "reference.log"))
+                                            os.path.join(work_dir, "reference.log"),
+                                            corpus=corpus, workers=args.workers)
     kinds = ["save" if i % 4 == 3 else "step" for i in range(args.kills)]
     model_dir, attempts = kill_harness.run_with_kills(
-        work_dir, kinds, train_steps, args.checkpoint_every, seed, max_ahead=6)
+        work_dir, kinds, train_steps, args.checkpoint_every, seed, max_ahead=6, corpus=corpus,
+        workers=args.workers)
     if reference.wait() != 0:
         print(f"the reference run failed; see {work_dir}/reference.log")
         return 1

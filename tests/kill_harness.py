@@ -12,6 +12,12 @@ random encoder and the demo corpus, in a fresh process each attempt:
   of step N is paused half-way through its commit (data file renamed into
   place, index and manifest not yet) and sends SIGKILL there.
 
+With `corpus="prepared:DIR"` the run streams a prepared corpus
+(`streamed_pipeline.py`); with `workers=2` each attempt is two local
+MultiWorkerMirroredStrategy workers (fresh ports each time), killed
+together, the pause-in-save hook set on the chief only (the other worker
+then waits in the next collective until killed).
+
 After the last kill the run is resumed to the end. `compare_runs` then
 checks it against an uninterrupted run: per-step losses, per-step batch
 fingerprints (hashes of the global batch's pair ids) and data positions, and
@@ -23,6 +29,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +37,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 8
 TRAIN_FLAGS = [
-    "--encoder=tiny:demo", "--corpus=demo", f"--global_batch_size={GLOBAL_BATCH}",
+    "--encoder=tiny:demo", f"--global_batch_size={GLOBAL_BATCH}",
     "--queue_size=16", "--max_seq_length=48", "--max_sentence_length=24",
     "--max_predictions_per_seq=8", "--learning_rate=1e-3", "--warmup_steps=1",
     "--dropout=0.1", "--head_warmup_steps=2", "--keep_checkpoints=3", "--steps_per_loop=1",
@@ -45,16 +52,76 @@ def _env(extra=None):
     return env
 
 
-def start_training(model_dir, train_steps, checkpoint_every, log_path, env=None):
-    """Starts the training binary; stdout and stderr go to `log_path`."""
-    args = [sys.executable, "-m", "tf_mbalign.train", *TRAIN_FLAGS,
+class Workers:
+    """The processes of one training attempt, handled as one (worker 0, the
+    chief, decides the return code)."""
+
+    def __init__(self, processes):
+        self.processes = processes
+
+    def poll(self):
+        codes = [p.poll() for p in self.processes]
+        return None if None in codes else codes[0]
+
+    def send_signal(self, signal_number):
+        for p in self.processes:
+            if p.poll() is None:
+                p.send_signal(signal_number)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout=None):
+        codes = [p.wait(timeout=timeout) for p in self.processes]
+        return codes[0] if len(set(codes)) == 1 else next(c for c in codes if c)
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_training(model_dir, train_steps, checkpoint_every, log_path, env=None, corpus="demo",
+                   workers=1):
+    """Starts the training binary (`workers` local processes); stdout and
+    stderr go to `log_path`. Returns a `Workers`."""
+    args = [sys.executable, "-m", "tf_mbalign.train", *TRAIN_FLAGS, f"--corpus={corpus}",
             f"--model_dir={model_dir}", f"--train_steps={train_steps}",
             f"--checkpoint_every={checkpoint_every}"]
     log = open(log_path, "a", encoding="utf-8")
-    log.write(f"\n=== {' '.join(args[3:])} {env or ''}\n")
+    log.write(f"\n=== {' '.join(args[3:])} {env or ''} workers={workers}\n")
     log.flush()
-    return subprocess.Popen(args, cwd=REPO_ROOT, env=_env(env), stdout=log,
-                            stderr=subprocess.STDOUT)
+    if workers == 1:
+        return Workers([subprocess.Popen(args, cwd=REPO_ROOT, env=_env(env), stdout=log,
+                                         stderr=subprocess.STDOUT)])
+    cluster = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    processes = []
+    for index in range(workers):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        extra = dict(env or {}) if index == 0 else {}
+        extra["TF_CONFIG"] = json.dumps(tf_config)
+        processes.append(subprocess.Popen(
+            args + ["--strategy=multi_worker_mirrored"], cwd=REPO_ROOT, env=_env(extra),
+            stdout=log, stderr=subprocess.STDOUT))
+    return Workers(processes)
+
+
+def prepare_demo(output, shards_per_language=4):
+    """Prepares the demo corpus for the tiny encoder in `output` (in this
+    process); returns the `--corpus` value that streams it."""
+    from tf_mbalign.data import corpus_preparation
+    from tf_mbalign.modeling import encoders
+
+    tokenizer = encoders.load_tokenizer("tiny:demo")
+    request = corpus_preparation.PreparationRequest.for_tokenizer(
+        "demo", "tiny:demo", tokenizer, shards_per_language=shards_per_language)
+    corpus_preparation.prepare_corpus(request, tokenizer, output, log=lambda message: None)
+    return f"prepared:{output}"
 
 
 def read_metrics(model_dir):
@@ -108,7 +175,7 @@ def save_steps(resumed_from, total_steps, checkpoint_every, max_ahead=None):
 
 
 def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path, kind,
-                 rng, max_ahead=None, timeout=300):
+                 rng, max_ahead=None, timeout=300, corpus="demo", workers=1):
     """One attempt ended by SIGKILL; returns what happened.
 
     The kill lands at most `max_ahead` steps after the restored checkpoint
@@ -129,7 +196,8 @@ def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path
         last = total_steps - 2 if max_ahead is None else resumed_from + max_ahead
         target = rng.randint(resumed_from + 1, max(resumed_from + 1, min(last, total_steps - 2)))
     started = time.time()
-    process = start_training(model_dir, train_steps, checkpoint_every, log_path, env)
+    process = start_training(model_dir, train_steps, checkpoint_every, log_path, env, corpus,
+                             workers)
     marker = os.path.join(model_dir, "checkpoints", ".paused-in-save")
     if kind == "save":
         reached = _wait(lambda: os.path.exists(marker), process, timeout, f"the save of {target}")
@@ -139,8 +207,7 @@ def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path
             lambda: any(r.get("step", 0) >= target for r in read_metrics(model_dir)),
             process, timeout, f"step {target}")
         time.sleep(rng.uniform(0.0, 0.06))
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
+    process.kill()
     returncode = process.wait()
     logged = [r["step"] for r in read_metrics(model_dir)]
     return {"kind": kind, "target": target, "resumed_from": resumed_from,
@@ -149,8 +216,10 @@ def kill_attempt(model_dir, total_steps, train_steps, checkpoint_every, log_path
             "committed_after": committed_step(model_dir), "seconds": time.time() - started}
 
 
-def finish(model_dir, train_steps, checkpoint_every, log_path, timeout=300):
-    process = start_training(model_dir, train_steps, checkpoint_every, log_path)
+def finish(model_dir, train_steps, checkpoint_every, log_path, timeout=300, corpus="demo",
+           workers=1):
+    process = start_training(model_dir, train_steps, checkpoint_every, log_path, corpus=corpus,
+                             workers=workers)
     returncode = process.wait(timeout=timeout)
     if returncode != 0:
         with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -220,7 +289,7 @@ def compare_runs(reference_dir, killed_dir, total_steps):
 
 
 def run_with_kills(work_dir, kinds, train_steps, checkpoint_every, seed, head_warmup_steps=2,
-                   max_ahead=None):
+                   max_ahead=None, corpus="demo", workers=1):
     """Trains in `work_dir/killed`, killing once per entry of `kinds`
     ("step" or "save"), then resumes to the end; returns the attempts."""
     rng = random.Random(seed)
@@ -228,8 +297,8 @@ def run_with_kills(work_dir, kinds, train_steps, checkpoint_every, seed, head_wa
     log_path = os.path.join(work_dir, "killed.log")
     total = train_steps + head_warmup_steps
     attempts = [kill_attempt(model_dir, total, train_steps, checkpoint_every, log_path, kind,
-                             rng, max_ahead) for kind in kinds]
+                             rng, max_ahead, corpus=corpus, workers=workers) for kind in kinds]
     started = time.time()
-    finish(model_dir, train_steps, checkpoint_every, log_path)
+    finish(model_dir, train_steps, checkpoint_every, log_path, corpus=corpus, workers=workers)
     attempts.append({"kind": "finish", "seconds": time.time() - started})
     return model_dir, attempts

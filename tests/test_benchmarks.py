@@ -216,3 +216,31 @@ def test_parameter_passes(common, tmp_path):
     for row in result["rows"]:
         assert row["old"]["median_s"] > 0 and row["new"]["median_s"] > 0
     assert json.loads(out.read_text())["parameters"] == result["parameters"] > 0
+
+
+def test_prepared_corpus_benchmark_pieces(tmp_path):
+    """benchmarks/prepared_corpus.py: the synthetic corpus keeps the real
+    files' language proportions; goals read the worst case; the memory probe
+    sees an allocation."""
+    import prepared_corpus
+
+    source = tmp_path / "real"
+    source.mkdir()
+    (source / "en-de.tsv").write_text("".join(f"a{i}\tb{i}\n" for i in range(30)))
+    (source / "en-fr.tsv").write_text("".join(f"c{i}\td{i}\n" for i in range(10)))
+    prepared_corpus.write_synthetic_corpus(str(source), str(tmp_path / "big"), 100)
+    lines = {name: (tmp_path / "big" / name).read_text().splitlines()
+             for name in ("en-de.tsv", "en-fr.tsv")}
+    assert [len(lines["en-de.tsv"]), len(lines["en-fr.tsv"])] == [75, 25]
+    assert lines["en-fr.tsv"][10] == "c0\td0"  # the real lines, repeated
+
+    row = {"prepare": {"above_baseline_mib": 900.0},
+           "input": [{"above_baseline_mib": 10.0, "pairs_per_s": 5000.0},
+                     {"above_baseline_mib": 1100.0, "pairs_per_s": 1500.0}]}
+    goals = prepared_corpus.goals([row, {"pairs": 5, "skipped": "disk"}], 2.0)
+    assert [met for _, met in goals.values()] == [True, False, False, True]
+
+    memory = prepared_corpus.PeakMemory()
+    block = bytearray(64 << 20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    assert memory.stop()["above_baseline_mib"] >= 60

@@ -539,3 +539,20 @@ def test_encoder_outputs_has_every_layer(tiny_bundle):
     np.testing.assert_array_equal(np.asarray(layers[-1]), np.asarray(out["sequence_output"]))
     assert not np.allclose(np.asarray(layers[0]), np.asarray(layers[-1]))
     assert tuple(out["pooled_output"].shape) == (2, 32)
+
+
+def test_load_tokenizer_gives_the_encoders_tokenizer_and_fingerprints_tell_them_apart(
+        checkpoint_dir, bundle, tmp_path):
+    """What `prepare` tokenizes with is what training's encoder tokenizes with."""
+    from tf_mbalign.data import tokenizers
+    from tf_mbalign.modeling import encoders
+
+    assert encoders.load_tokenizer(checkpoint_dir).fingerprint() == bundle.tokenizer.fingerprint()
+    assert (encoders.load_tokenizer("tiny:demo").fingerprint()
+            == encoders.load_encoder("tiny:demo").tokenizer.fingerprint())
+    vocab = os.path.join(checkpoint_dir, "vocab.txt")
+    cased = tokenizers.WordPieceTokenizer(vocab, lowercase=False).fingerprint()
+    assert tokenizers.WordPieceTokenizer(vocab, lowercase=True).fingerprint() != cased
+    other = tmp_path / "vocab.txt"
+    other.write_text("\n".join(VOCAB[:-1]) + "\n", encoding="utf-8")
+    assert tokenizers.WordPieceTokenizer(str(other)).fingerprint() != cased

@@ -91,6 +91,54 @@ def test_sigkill_at_random_steps_and_inside_a_save_resumes_exactly(tmp_path, ref
           f"{report['variables_compared']} variables")
 
 
+@pytest.fixture(scope="module")
+def prepared_demo(tmp_path_factory):
+    """The demo corpus prepared for the tiny encoder (4 shards per language)."""
+    return kill_harness.prepare_demo(str(tmp_path_factory.mktemp("prepared") / "demo"))
+
+
+def _assert_resumed_exactly(reference_dir, model_dir, attempts, context):
+    assert all(a["killed"] for a in attempts[:-1]), context
+    report = kill_harness.compare_runs(reference_dir, model_dir, TOTAL)
+    assert report["steps_in_order"] and report["positions_in_order"], (report, context)
+    assert report["fingerprints_equal"], context
+    assert report["batches_repeated"] == 0 and report["batches_skipped"] == 0, context
+    assert report["max_loss_rel_diff"] <= 1e-6, (report["max_loss_rel_diff"], context)
+    assert report["max_weight_diff"] <= 1e-6, (report["max_weight_diff"], context)
+    assert report["mismatched_variables"] == [], context
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,kills", [
+    (1, ["step", "save"]), pytest.param(2, ["step"], marks=pytest.mark.distributed)])
+def test_sigkill_on_the_streamed_path_resumes_exactly(tmp_path, prepared_demo, workers, kills):
+    """The kill harness on a prepared corpus (shards streamed per worker):
+    one worker killed after a random step and inside a checkpoint commit;
+    two local workers killed together after a random step (each attempt
+    costs two processes, ~3 min on the 2 shared cores)."""
+    seed = int(os.environ.get("TF_MBALIGN_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    print(f"kill test seed {seed} (TF_MBALIGN_KILL_SEED={seed} reproduces it)", flush=True)
+    reference_dir = str(tmp_path / "reference")
+    reference = kill_harness.start_training(reference_dir, TRAIN_STEPS, EVERY,
+                                            str(tmp_path / "reference.log"),
+                                            corpus=prepared_demo, workers=workers)
+    model_dir, attempts = kill_harness.run_with_kills(
+        str(tmp_path), kills, TRAIN_STEPS, EVERY, seed, corpus=prepared_demo, workers=workers)
+    assert reference.wait(timeout=600) == 0, open(tmp_path / "reference.log").read()[-3000:]
+    context = f"seed {seed}, {workers} worker(s); attempts {attempts}"
+    with open(tmp_path / "killed.log", encoding="utf-8") as f:
+        log = f.read()
+    assert "Traceback" not in log, context
+    assert f"prepared in {prepared_demo[len('prepared:'):]}" in log, context  # streamed
+    report = _assert_resumed_exactly(reference_dir, model_dir, attempts, context)
+    history = kill_harness.read_metrics(model_dir)
+    assert history[1]["queue_fill"] == 16  # with 2 workers: both workers' keys
+    print(f"\nstreamed kill test ({workers} worker(s)): seed {seed}, "
+          f"{len(attempts) - 1} kills, loss diff {report['max_loss_rel_diff']}, weight diff "
+          f"{report['max_weight_diff']}, {report['variables_compared']} variables")
+
+
 def test_every_kill_plan_has_a_save_to_kill_inside():
     """A save kill has a target wherever the earlier kills left the run
     (TF_MBALIGN_KILL_SEED=361128 once found none: its step kill had passed

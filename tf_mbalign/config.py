@@ -237,7 +237,9 @@ HELP = {
                "Face BERT or XLM-R / RoBERTa dir | preset:NAME (BERT or XLM-R) | tiny:VOCAB_TXT | "
                "tiny:demo",
     "corpus": "demo | en-XX.tsv dir | TSV file(s): a.tsv[,b.tsv...] | two line-aligned "
-              "files: NAME.en,NAME.XX | tfds:NAME[:SPLIT]",
+              "files: NAME.en,NAME.XX | Hugging Face translation JSONL: a.jsonl[,b.jsonl...] "
+              "| tfds:NAME[:SPLIT] | prepared:DIR (written by python -m tf_mbalign.prepare; "
+              "streamed from disk, for large corpora)",
     "languages": "Only these languages of a corpus directory (default: all).",
     "model_dir": "Checkpoints, TensorBoard logs, flags.json, metrics.jsonl, export/.",
     "train_steps": "Encoder training steps (after the head warm-up).",

@@ -58,6 +58,16 @@ def get_strategy(name="default", tpu_address=""):
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 
+def num_workers(strategy):
+    """Worker processes of the strategy (each runs one input pipeline): the
+    cluster's workers and chief under MultiWorkerMirroredStrategy, else 1."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("worker", [])) + len(cluster.get("chief", [])))
+
+
 def is_chief(strategy):
     """True on the worker that writes checkpoints, summaries and exports."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -8,10 +8,17 @@ Supported inputs, all checked completely before training starts:
   (`NAME.en,NAME.XX`; `read_line_aligned`). The language is the other
   file's extension when the English one ends in `.en`;
 - a directory of `en-XX.tsv` files, one per language (`read_directory`);
+- Hugging Face translation JSONL files, one `{"translation": {"en": ...,
+  "XX": ...}}` object a line (`read_jsonl_files`; `a.jsonl[,b.jsonl...]`,
+  each line's language is its other key);
 - `demo`: the corpus shipped with the package, less the pairs held out of
   training for the before -> after alignment check (`read_demo_corpus`);
 - a TensorFlow Datasets translation dataset (`read_tfds`, needs internet or a
   prepared TFDS data dir).
+
+Every reader streams: `stream_corpus` (and `stream_*`) yields validated
+`SentencePair`s one by one (what `prepare` writes to shards);
+`read_corpus` (and `read_*`) collects them into a `ParallelCorpus` in memory.
 
 Rules, the same for every reader:
 
@@ -30,6 +37,8 @@ Rules, the same for every reader:
 - a side longer than `max_chars` characters is truncated and counted;
 - a TSV line needs exactly one tab (`file:line` error otherwise, saying
   whether the translation is missing or a sentence holds a tab);
+- a JSONL line is an object whose `translation` holds `en` and exactly one
+  other language, both strings (`file:line` error otherwise);
 - a line of the English file of a line-aligned pair holds no tab (a tab
   there means the file is a TSV: the error says to pass it alone);
 - line-aligned files must have the same number of lines (both paths and both
@@ -42,6 +51,7 @@ Rules, the same for every reader:
 
 import dataclasses
 import itertools
+import json
 import os
 import re
 import unicodedata
@@ -58,6 +68,8 @@ UNKNOWN_LANGUAGE = "xx"
 _LANGUAGE_EXTENSION = re.compile(r"^[a-z]{2,3}(_[A-Za-z]+)?$")
 _TEXT_EXTENSIONS = frozenset({"en", "txt", "tsv", "csv", "raw", "tok", "out", "dat"})
 _BOM = b"\xef\xbb\xbf"
+_JSONL_LAYOUT = ('Each line of a translation JSONL file is one object '
+                 '{"translation": {"en": "...", "XX": "..."}} (the Hugging Face layout).')
 # Characters BERT-style tokenizers drop: they do not make a side non-empty.
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"})
 
@@ -108,16 +120,24 @@ class ParallelCorpus:
 
     def unnamed_language_warning(self):
         """A warning when some pairs' language is unknown (`xx`), else None."""
-        if UNKNOWN_LANGUAGE not in self.languages:
-            return None
-        count = self.language_counts()[UNKNOWN_LANGUAGE]
-        return (
-            f"{', '.join(self.stats.files)}: the language of {count} pairs is unknown "
-            f"({UNKNOWN_LANGUAGE!r}), so they are logged and sampled as one language "
-            f"{UNKNOWN_LANGUAGE!r}. Name a TSV file en-XX.tsv (e.g. en-de.tsv), line-aligned "
-            "files NAME.en and NAME.XX (e.g. train.en,train.de), or put en-XX.tsv files in "
-            "a directory and pass --corpus=<directory>."
-        )
+        return unnamed_language_warning(self.stats.files, self.language_counts())
+
+    def sources_of(self, pair_ids):
+        """`file:line` of each pair id (ids outside the corpus are left out)."""
+        return [self.sources[i] for i in pair_ids if 0 <= i < len(self.sources)]
+
+
+def unnamed_language_warning(files, language_counts):
+    """A warning when some pairs' language is unknown (`xx`), else None."""
+    if UNKNOWN_LANGUAGE not in language_counts:
+        return None
+    return (
+        f"{', '.join(files)}: the language of {language_counts[UNKNOWN_LANGUAGE]} pairs is "
+        f"unknown ({UNKNOWN_LANGUAGE!r}), so they are logged and sampled as one language "
+        f"{UNKNOWN_LANGUAGE!r}. Name a TSV file en-XX.tsv (e.g. en-de.tsv), line-aligned "
+        "files NAME.en and NAME.XX (e.g. train.en,train.de), or put en-XX.tsv files in "
+        "a directory and pass --corpus=<directory>."
+    )
 
 
 def has_visible_text(text):
@@ -182,51 +202,92 @@ def _read_lines(path):
         yield number, text
 
 
-class _Builder:
-    """Collects pairs, applying the skip / truncate rules."""
+@dataclasses.dataclass(frozen=True)
+class SentencePair:
+    """One validated pair and where it came from (`file`:`line`; TFDS: the
+    example's index)."""
+
+    english: str
+    other: str
+    language: str
+    file: str
+    line: int
+
+    @property
+    def source(self):
+        return f"{self.file}:{self.line}"
+
+
+class _PairRules:
+    """Applies the skip / truncate rules to raw pairs and counts what they did."""
 
     def __init__(self, max_chars):
         self.max_chars = max_chars
-        self.english, self.other, self.language_ids, self.sources = [], [], [], []
-        self.languages = []
         self.stats = CorpusStats()
 
     def add_file(self, path):
         self.stats.files.append(path)
 
-    def add(self, english, other, language, source):
+    def check(self, english, other, language, file, line):
+        """The pair as it is kept (sides truncated), or None when skipped."""
         if not has_visible_text(english) or not has_visible_text(other):
             self.stats.skipped_empty += 1
-            return
+            return None
         if len(english) > self.max_chars or len(other) > self.max_chars:
             self.stats.truncated += 1
             english, other = english[: self.max_chars], other[: self.max_chars]
-        if language not in self.languages:
-            self.languages.append(language)
-        self.english.append(english)
-        self.other.append(other)
-        self.language_ids.append(self.languages.index(language))
-        self.sources.append(source)
+        self.stats.pairs += 1
+        return SentencePair(english, other, language, file, line)
 
-    def build(self, description):
-        if not self.english:
+
+class CorpusStream:
+    """The validated pairs of a corpus, read lazily (once) in corpus order.
+
+    Iterating yields `SentencePair`s; `stats` counts as it goes. Memory
+    follows the longest line, not the corpus (what `prepare` streams).
+
+    Raises (while iterating):
+        CorpusError: a rule is broken (`file:line`), or no pair is usable.
+    """
+
+    def __init__(self, description, rules, pairs):
+        self.description = description
+        self.stats = rules.stats
+        self._pairs = pairs
+
+    def __iter__(self):
+        yield from self._pairs
+        if not self.stats.pairs:
             raise CorpusError(
-                f"{description}: no usable sentence pairs "
+                f"{self.description}: no usable sentence pairs "
                 f"({self.stats.skipped_empty} empty pairs skipped). "
                 "Each line needs text on both sides."
             )
-        order = sorted(range(len(self.languages)), key=lambda i: self.languages[i])
-        remap = np.empty(len(order), np.int32)
-        remap[order] = np.arange(len(order), dtype=np.int32)
-        self.stats.pairs = len(self.english)
-        return ParallelCorpus(
-            english=self.english,
-            other=self.other,
-            languages=sorted(self.languages),
-            language_ids=remap[np.asarray(self.language_ids, np.int32)],
-            sources=self.sources,
-            stats=self.stats,
-        )
+
+
+def collect(stream):
+    """A `ParallelCorpus` holding every pair of a `CorpusStream`."""
+    english, other, language_ids, sources, languages = [], [], [], [], []
+    index = {}
+    for pair in stream:
+        if pair.language not in index:
+            index[pair.language] = len(languages)
+            languages.append(pair.language)
+        english.append(pair.english)
+        other.append(pair.other)
+        language_ids.append(index[pair.language])
+        sources.append(pair.source)
+    order = sorted(range(len(languages)), key=lambda i: languages[i])
+    remap = np.empty(len(order), np.int32)
+    remap[order] = np.arange(len(order), dtype=np.int32)
+    return ParallelCorpus(
+        english=english,
+        other=other,
+        languages=sorted(languages),
+        language_ids=remap[np.asarray(language_ids, np.int32)],
+        sources=sources,
+        stats=stream.stats,
+    )
 
 
 def _language_of(path, language):
@@ -236,16 +297,18 @@ def _language_of(path, language):
     return _PAIR_FILES.key(match) if match else UNKNOWN_LANGUAGE
 
 
-def _add_tsv(builder, path, language):
-    builder.add_file(path)
+def _tsv_pairs(rules, path, language):
+    rules.add_file(path)
     for number, line in _read_lines(path):
         if not has_visible_text(line):
-            builder.stats.skipped_empty += 1
+            rules.stats.skipped_empty += 1
             continue
         fields = line.split("\t")
         if len(fields) != 2:
             raise CorpusError(f"{path}:{number}: {_tab_count_problem(len(fields) - 1)}")
-        builder.add(fields[0], fields[1], language, f"{path}:{number}")
+        pair = rules.check(fields[0], fields[1], language, path, number)
+        if pair:
+            yield pair
 
 
 def _tab_count_problem(tabs):
@@ -266,13 +329,18 @@ def read_tsv(path, language=None, max_chars=DEFAULT_MAX_CHARS):
     return read_tsv_files([path], language=language, max_chars=max_chars)
 
 
+def stream_tsv_files(paths, language=None, max_chars=DEFAULT_MAX_CHARS):
+    """`read_tsv_files` as a `CorpusStream`."""
+    rules = _PairRules(max_chars)
+    pairs = (pair for path in paths
+             for pair in _tsv_pairs(rules, path, _language_of(path, language)))
+    return CorpusStream(",".join(paths), rules, pairs)
+
+
 def read_tsv_files(paths, language=None, max_chars=DEFAULT_MAX_CHARS):
     """Reads several `english<TAB>other` files as one corpus; each file's
     language comes from its `en-XX.tsv` name unless `language` is given."""
-    builder = _Builder(max_chars)
-    for path in paths:
-        _add_tsv(builder, path, _language_of(path, language))
-    return builder.build(",".join(paths))
+    return collect(stream_tsv_files(paths, language, max_chars))
 
 
 def line_aligned_language(english_path, other_path):
@@ -306,18 +374,9 @@ def _english_lines(path):
         yield number, text
 
 
-def read_line_aligned(english_path, other_path, language=None, max_chars=DEFAULT_MAX_CHARS):
-    """Reads two line-aligned files: line i of one translates line i of the other.
-
-    The language is `language`, else the other file's extension when the
-    English file ends in `.en` (`line_aligned_language`), else `xx`.
-    """
-    _check_file(english_path)
-    _check_file(other_path)
-    language = language or line_aligned_language(english_path, other_path)
-    builder = _Builder(max_chars)
-    builder.add_file(english_path)
-    builder.add_file(other_path)
+def _line_aligned_pairs(rules, english_path, other_path, language):
+    rules.add_file(english_path)
+    rules.add_file(other_path)
     counts = [0, 0]
     for english, other in itertools.zip_longest(_english_lines(english_path),
                                                 _read_lines(other_path)):
@@ -326,7 +385,9 @@ def read_line_aligned(english_path, other_path, language=None, max_chars=DEFAULT
         if other is not None:
             counts[1] = other[0]
         if english is not None and other is not None:
-            builder.add(english[1], other[1], language, f"{other_path}:{other[0]}")
+            pair = rules.check(english[1], other[1], language, other_path, other[0])
+            if pair:
+                yield pair
     if counts[0] != counts[1]:
         raise CorpusError(
             "Line-aligned files differ in length: "
@@ -334,24 +395,93 @@ def read_line_aligned(english_path, other_path, language=None, max_chars=DEFAULT
             f"{other_path} has {counts[1]} lines. Line i of one file must "
             "translate line i of the other."
         )
-    return builder.build(f"{english_path} + {other_path}")
+
+
+def stream_line_aligned(english_path, other_path, language=None, max_chars=DEFAULT_MAX_CHARS):
+    """`read_line_aligned` as a `CorpusStream` (both files are checked now)."""
+    _check_file(english_path)
+    _check_file(other_path)
+    language = language or line_aligned_language(english_path, other_path)
+    rules = _PairRules(max_chars)
+    return CorpusStream(f"{english_path} + {other_path}", rules,
+                        _line_aligned_pairs(rules, english_path, other_path, language))
+
+
+def read_line_aligned(english_path, other_path, language=None, max_chars=DEFAULT_MAX_CHARS):
+    """Reads two line-aligned files: line i of one translates line i of the other.
+
+    The language is `language`, else the other file's extension when the
+    English file ends in `.en` (`line_aligned_language`), else `xx`.
+    """
+    return collect(stream_line_aligned(english_path, other_path, language, max_chars))
+
+
+def stream_directory(directory, languages=None, max_chars=DEFAULT_MAX_CHARS):
+    """`read_directory` as a `CorpusStream` (languages in sorted order)."""
+    found = find_language_files(directory, _PAIR_FILES, languages, none_found=CorpusError)
+    rules = _PairRules(max_chars)
+    pairs = (pair for lang in sorted(found) for pair in _tsv_pairs(rules, found[lang], lang))
+    return CorpusStream(directory, rules, pairs)
 
 
 def read_directory(directory, languages=None, max_chars=DEFAULT_MAX_CHARS):
     """Reads every `en-XX.tsv` in a directory (optionally only `languages`)."""
-    found = find_language_files(directory, _PAIR_FILES, languages, none_found=CorpusError)
-    builder = _Builder(max_chars)
-    for lang in sorted(found):
-        _add_tsv(builder, found[lang], lang)
-    return builder.build(directory)
+    return collect(stream_directory(directory, languages, max_chars))
 
 
-def read_tfds(name, split="train", max_pairs=None, data_dir=None, max_chars=DEFAULT_MAX_CHARS):
-    """Reads a TFDS translation dataset such as `wmt14_translate/de-en`.
+def _translation_of(text, path, number):
+    """(english, other, language) of one line of a Hugging Face translation
+    JSONL file: `{"translation": {"en": ..., "XX": ...}}`.
 
-    The dataset must have an `en` feature and one other language feature.
-    Downloads need internet (or a prepared `data_dir`).
+    Raises:
+        CorpusError: not JSON, or not that layout (`file:line` and the fix).
     """
+    try:
+        record = json.loads(text)
+    except ValueError as error:
+        raise CorpusError(f"{path}:{number}: not a JSON object ({error}). {_JSONL_LAYOUT}") \
+            from None
+    translation = record.get("translation") if isinstance(record, dict) else None
+    if not isinstance(translation, dict):
+        raise CorpusError(f"{path}:{number}: no \"translation\" object. {_JSONL_LAYOUT}")
+    others = sorted(key for key in translation if key != "en")
+    if "en" not in translation or len(others) != 1 or not others[0]:
+        raise CorpusError(
+            f"{path}:{number}: the translation has languages {sorted(translation)}; "
+            f"expected \"en\" and exactly one other. {_JSONL_LAYOUT}")
+    english, other = translation["en"], translation[others[0]]
+    if not isinstance(english, str) or not isinstance(other, str):
+        raise CorpusError(f"{path}:{number}: a translation value is not a string. "
+                          f"{_JSONL_LAYOUT}")
+    return english, other, others[0]
+
+
+def _jsonl_pairs(rules, path):
+    rules.add_file(path)
+    for number, line in _read_lines(path):
+        if not has_visible_text(line):
+            rules.stats.skipped_empty += 1
+            continue
+        pair = rules.check(*_translation_of(line, path, number), path, number)
+        if pair:
+            yield pair
+
+
+def stream_jsonl_files(paths, max_chars=DEFAULT_MAX_CHARS):
+    """`read_jsonl_files` as a `CorpusStream`."""
+    rules = _PairRules(max_chars)
+    pairs = (pair for path in paths for pair in _jsonl_pairs(rules, path))
+    return CorpusStream(",".join(paths), rules, pairs)
+
+
+def read_jsonl_files(paths, max_chars=DEFAULT_MAX_CHARS):
+    """Reads Hugging Face translation JSONL files (one
+    `{"translation": {"en": ..., "XX": ...}}` object a line; each line's
+    language is its other key)."""
+    return collect(stream_jsonl_files(paths, max_chars))
+
+
+def _tfds_pairs(rules, name, split, max_pairs, data_dir):
     import tensorflow_datasets as tfds
 
     try:
@@ -372,18 +502,53 @@ def read_tfds(name, split="train", max_pairs=None, data_dir=None, max_chars=DEFA
             f"TFDS dataset {name!r} has features {list(info.features.keys())}; "
             "expected `en` and exactly one other language."
         )
-    builder = _Builder(max_chars)
-    builder.add_file(f"tfds:{name}/{split}")
+    rules.add_file(f"tfds:{name}/{split}")
     for i, example in enumerate(tfds.as_numpy(dataset)):
         if max_pairs is not None and i >= max_pairs:
             break
-        builder.add(
-            example["en"].decode("utf-8"),
-            example[keys[0]].decode("utf-8"),
-            keys[0],
-            f"tfds:{name}/{split}:{i}",
-        )
-    return builder.build(f"tfds:{name}")
+        pair = rules.check(example["en"].decode("utf-8"), example[keys[0]].decode("utf-8"),
+                           keys[0], f"tfds:{name}/{split}", i)
+        if pair:
+            yield pair
+
+
+def stream_tfds(name, split="train", max_pairs=None, data_dir=None,
+                max_chars=DEFAULT_MAX_CHARS):
+    """`read_tfds` as a `CorpusStream` (the dataset loads on the first pair)."""
+    rules = _PairRules(max_chars)
+    return CorpusStream(f"tfds:{name}", rules, _tfds_pairs(rules, name, split, max_pairs, data_dir))
+
+
+def read_tfds(name, split="train", max_pairs=None, data_dir=None, max_chars=DEFAULT_MAX_CHARS):
+    """Reads a TFDS translation dataset such as `wmt14_translate/de-en`.
+
+    The dataset must have an `en` feature and one other language feature.
+    Downloads need internet (or a prepared `data_dir`; TFDS also reads
+    `$TFDS_DATA_DIR`).
+    """
+    return collect(stream_tfds(name, split, max_pairs, data_dir, max_chars))
+
+
+def stream_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
+    """The `CorpusStream` of a `--corpus` value (`read_corpus` lists the forms).
+
+    Raises:
+        CorpusError: a comma list that is none of the forms.
+    """
+    if spec == "demo":
+        return stream_directory(demo_corpus_dir(), languages=languages, max_chars=max_chars)
+    if spec.startswith("tfds:"):
+        parts = spec.split(":")
+        return stream_tfds(parts[1], split=parts[2] if len(parts) > 2 else "train",
+                           max_chars=max_chars)
+    paths = spec.split(",")
+    if all(path.endswith(".jsonl") for path in paths):
+        return stream_jsonl_files(paths, max_chars=max_chars)
+    if len(paths) > 1:
+        return _stream_comma_list(paths, max_chars)
+    if os.path.isdir(spec):
+        return stream_directory(spec, languages=languages, max_chars=max_chars)
+    return stream_tsv_files([spec], max_chars=max_chars)
 
 
 def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
@@ -391,36 +556,29 @@ def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
 
     `spec` is one of: a directory of en-XX.tsv files; a TSV file; TSV files
     joined by commas (every item ends in `.tsv`); two line-aligned files
-    joined by a comma (`NAME.en,NAME.XX`); `tfds:NAME[:SPLIT]`; or `demo` for
+    joined by a comma (`NAME.en,NAME.XX`); Hugging Face translation JSONL
+    files (every item ends in `.jsonl`); `tfds:NAME[:SPLIT]`; or `demo` for
     the corpus shipped with the package.
 
     Raises:
-        CorpusError: a comma list that is neither of the two forms.
+        CorpusError: a comma list that is none of the forms.
     """
-    if spec == "demo":
+    if spec == "demo":  # less the pairs held out for the alignment check
         return read_demo_corpus(languages=languages, max_chars=max_chars)
-    if spec.startswith("tfds:"):
-        parts = spec.split(":")
-        return read_tfds(parts[1], split=parts[2] if len(parts) > 2 else "train",
-                         max_chars=max_chars)
-    if "," in spec:
-        return _read_comma_list(spec.split(","), max_chars)
-    if os.path.isdir(spec):
-        return read_directory(spec, languages=languages, max_chars=max_chars)
-    return read_tsv(spec, max_chars=max_chars)
+    return collect(stream_corpus(spec, max_chars=max_chars, languages=languages))
 
 
-def _read_comma_list(paths, max_chars):
+def _stream_comma_list(paths, max_chars):
     """`a.tsv,b.tsv,...` (all `.tsv`) or `english,other` (two files)."""
     if all(path.endswith(".tsv") for path in paths):
-        return read_tsv_files(paths, max_chars=max_chars)
+        return stream_tsv_files(paths, max_chars=max_chars)
     if len(paths) != 2 or not all(paths):
         raise CorpusError(
             f"--corpus={','.join(paths)}: a comma list is either TSV files (every item "
-            "ending in .tsv: a.tsv,b.tsv) or exactly two line-aligned files "
-            "(NAME.en,NAME.XX)."
+            "ending in .tsv: a.tsv,b.tsv), Hugging Face translation JSONL files (every "
+            "item ending in .jsonl) or exactly two line-aligned files (NAME.en,NAME.XX)."
         )
-    return read_line_aligned(paths[0], paths[1], max_chars=max_chars)
+    return stream_line_aligned(paths[0], paths[1], max_chars=max_chars)
 
 
 def demo_corpus_dir():
@@ -485,12 +643,7 @@ def epoch_index(corpus, alpha=0.7, seed=0):
     remainder. The training pipeline reshuffles this index every epoch.
     """
     counts = np.bincount(corpus.language_ids, minlength=len(corpus.languages))
-    weights = counts.astype(np.float64) ** alpha
-    probabilities = weights / weights.sum()
-    # Largest-remainder rounding: the shares add up to exactly N pairs.
-    raw = probabilities * len(corpus)
-    targets = np.floor(raw).astype(np.int64)
-    targets[np.argsort(-(raw - targets), kind="stable")[: len(corpus) - targets.sum()]] += 1
+    targets = language_targets(counts, alpha)
     rng = np.random.default_rng(seed)
     parts = []
     for language, target in enumerate(targets):
@@ -499,3 +652,20 @@ def epoch_index(corpus, alpha=0.7, seed=0):
         parts.extend([members] * copies)
         parts.append(np.sort(rng.choice(members, size=remainder, replace=False)))
     return np.concatenate(parts).astype(np.int64)
+
+
+def language_targets(counts, alpha):
+    """Pairs of each language in one epoch of sum(counts) pairs: p_l
+    proportional to counts[l] ** alpha, rounded so they add up exactly."""
+    weights = np.asarray(counts, np.float64) ** alpha
+    return apportion(int(np.sum(counts)), weights)
+
+
+def apportion(total, weights):
+    """`total` split in proportion to `weights` (int64 array), by
+    largest-remainder rounding: the parts add up to exactly `total`."""
+    weights = np.asarray(weights, np.float64)
+    raw = weights / weights.sum() * total
+    parts = np.floor(raw).astype(np.int64)
+    parts[np.argsort(-(raw - parts), kind="stable")[: total - parts.sum()]] += 1
+    return parts

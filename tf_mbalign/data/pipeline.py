@@ -17,6 +17,10 @@ One example's path: tokenize both sides -> `shuffle_pair_order` (random input
 shuffling, `input_shuffling.py`) -> `pack_pair` (`pair_packing.py`) ->
 `tlm_masking` (`tlm_masking.py`) for the TLM input, `pack_single` for the MoCo
 query (the side that came first) and key. `query_is_english` records the coin.
+
+This is the in-memory path; a prepared corpus is streamed from its shards
+by `streamed_pipeline.py` (same examples from ids: `make_example_from_ids`),
+and `training_input.py` chooses between them.
 """
 
 import dataclasses
@@ -56,8 +60,14 @@ def make_example(english, other, position, tokenizer, config, pair_id=-1):
     own older key out of its negatives once the data repeats.
     """
     ids = tokenizer.tokenize(tf.stack([english, other]))
+    return make_example_from_ids(ids[0], ids[1], position, tokenizer, config, pair_id)
+
+
+def make_example_from_ids(english_ids, other_ids, position, tokenizer, config, pair_id=-1):
+    """`make_example` of a pair already tokenized (int32 id vectors; the
+    streamed path reads them from a prepared corpus)."""
     first, second, english_first = shuffle_pair_order(
-        ids[0], ids[1], _example_seed(config.seed, position, _SEED_SALT_PAIR),
+        english_ids, other_ids, _example_seed(config.seed, position, _SEED_SALT_PAIR),
         enabled=config.shuffle_inputs)
 
     tlm = tlm_masking.tlm_masking(
@@ -111,6 +121,50 @@ def batch_fingerprint(pair_ids):
     return tf.strings.to_hash_bucket_fast(text, tf.int64.max)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplicaLayout:
+    """Where one input pipeline's per-replica batches sit in the global batches.
+
+    Global batch s holds positions [s*B, (s+1)*B); replica r of R gets the
+    contiguous slice starting at s*B + r*(B/R). A pipeline feeds its
+    `local_replicas` replicas in turn, starting with replica
+    `pipeline_id * local_replicas`.
+    """
+
+    global_batch_size: int
+    per_replica: int
+    local_replicas: int
+    pipeline_id: int
+    num_pipelines: int
+
+    @classmethod
+    def of(cls, global_batch_size, input_context=None):
+        """The layout for a `tf.distribute.InputContext` (None: one pipeline,
+        one replica)."""
+        num_replicas = input_context.num_replicas_in_sync if input_context else 1
+        num_pipelines = input_context.num_input_pipelines if input_context else 1
+        if global_batch_size % num_replicas:
+            raise ValueError(
+                f"global batch size {global_batch_size} is not divisible by the "
+                f"{num_replicas} replicas."
+            )
+        return cls(global_batch_size, global_batch_size // num_replicas,
+                   num_replicas // num_pipelines,
+                   input_context.input_pipeline_id if input_context else 0, num_pipelines)
+
+    @property
+    def per_pipeline(self):
+        """Examples this pipeline gives each global batch."""
+        return self.per_replica * self.local_replicas
+
+    def first_position(self, k):
+        """Global position (from the run's start) of the first example of the
+        pipeline's per-replica batch k."""
+        step, local = k // self.local_replicas, k % self.local_replicas
+        replica = self.pipeline_id * self.local_replicas + local
+        return step * self.global_batch_size + replica * self.per_replica
+
+
 def build_dataset(
     corpus,
     tokenizer,
@@ -130,16 +184,8 @@ def build_dataset(
             `distribute_datasets_from_function`); None for a single pipeline.
         start_example: examples already consumed (resume position).
     """
-    num_replicas = input_context.num_replicas_in_sync if input_context else 1
-    num_pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
-    if global_batch_size % num_replicas:
-        raise ValueError(
-            f"global batch size {global_batch_size} is not divisible by the "
-            f"{num_replicas} replicas."
-        )
-    per_replica = global_batch_size // num_replicas
-    local_replicas = num_replicas // num_pipelines
+    layout = ReplicaLayout.of(global_batch_size, input_context)
+    per_replica = layout.per_replica
 
     index = corpus_lib.epoch_index(corpus, config.language_sampling_alpha, config.seed)
     epoch_size = len(index)
@@ -150,9 +196,7 @@ def build_dataset(
 
     def positions_of(k):
         # k counts this pipeline's per-replica batches.
-        step, local = k // local_replicas, k % local_replicas
-        replica = pipeline_id * local_replicas + local
-        first = start_example + step * global_batch_size + replica * per_replica
+        first = start_example + layout.first_position(k)
         return first + tf.range(per_replica, dtype=tf.int64)
 
     def pair_at(position):
@@ -179,14 +223,3 @@ def build_dataset(
         tf.data.experimental.AutoShardPolicy.OFF
     )
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def distributed_dataset(strategy, corpus, tokenizer, config, global_batch_size, start_example=0):
-    """Per-replica batches through `distribute_datasets_from_function`."""
-
-    def dataset_fn(input_context):
-        return build_dataset(
-            corpus, tokenizer, config, global_batch_size, input_context, start_example
-        )
-
-    return strategy.distribute_datasets_from_function(dataset_fn)

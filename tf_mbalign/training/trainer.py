@@ -1,11 +1,12 @@
 """An alignment training run: inputs, model, step loop, checkpoints, metrics.
 
-One batch's path: `data/pipeline.py` builds it from the corpus (random input
-shuffling, pair packing, TLM masking) -> `StepLoop` (`step_loop.py`) feeds it
-to `AlignmentStep` (`alignment_step.py`) -> `Aligner.compute_losses`
-(`modeling/aligner.py`) -> gradients through
-`optimization.reduce_and_clip_gradients` -> EMA of the key encoder and the
-key queue.
+One batch's path: `data/training_input.py` picks the pipeline,
+`data/pipeline.py` (in memory) or `data/streamed_pipeline.py` (a prepared
+corpus), which builds it (random input shuffling, pair packing, TLM
+masking) -> `StepLoop` (`step_loop.py`) feeds it to `AlignmentStep`
+(`alignment_step.py`) -> `Aligner.compute_losses` (`modeling/aligner.py`)
+-> gradients through `optimization.reduce_and_clip_gradients` -> EMA of the
+key encoder and the key queue.
 
 The pieces of a run, each in its own module:
 - `RunState` (`run_state.py`): the variables a run resumes from and their
@@ -40,8 +41,7 @@ import keras
 from tf_mbalign import distribute
 from tf_mbalign.atomic_files import write_text_atomic
 from tf_mbalign.config import RANDOM, WITH_MLM_HEAD, WITHOUT_MLM_HEAD, checkpoint_kind
-from tf_mbalign.data import corpus as corpus_lib
-from tf_mbalign.data import pipeline
+from tf_mbalign.data import training_input
 from tf_mbalign.modeling import encoders
 from tf_mbalign.training import optimization
 from tf_mbalign.training.alignment_step import build_alignment_step
@@ -76,7 +76,7 @@ class AlignmentRun:
         self.preempted = False
         self.history = []
         # Inputs first (validated before anything heavy).
-        self.corpus = corpus_lib.read_corpus(
+        self.corpus = training_input.open_corpus(
             config.corpus, max_chars=config.max_chars, languages=list(config.languages) or None
         )
         # The strategy next: multi-worker collectives must be configured
@@ -98,6 +98,9 @@ class AlignmentRun:
             self.config, self.default_sources = config.with_checkpoint_defaults(
                 self.checkpoint_kind)
             config = self.config
+        training_input.check_tokenizer(self.corpus, self.bundle.tokenizer, config.encoder)
+        training_input.check_workers(self.corpus, distribute.num_workers(self.strategy))
+        with self.strategy.scope():
             self.alignment_step = build_alignment_step(config, self.bundle, self.fault)
         self.aligner = self.alignment_step.aligner
         self.state = RunState(self.alignment_step, config.model_dir, self.strategy,
@@ -133,7 +136,7 @@ class AlignmentRun:
             start = self._start()
             sinks = (chief_sinks(self.config.model_dir, start, self.config.total_steps,
                                  self.config.quiet) if self.chief else MetricsSinks([]))
-            iterator = iter(pipeline.distributed_dataset(
+            iterator = iter(training_input.distributed_dataset(
                 self.strategy, self.corpus, self.bundle.tokenizer,
                 self.config.pipeline_config(), self.config.global_batch_size,
                 start_example=int(self.state.examples_consumed.numpy())))
@@ -168,15 +171,10 @@ class AlignmentRun:
         if self.chief:
             write_text_atomic(f"{self.config.model_dir}/flags.json",
                               self.config.to_json(self.default_sources) + "\n")
-            stats = self.corpus.stats
-            held_out = f", {stats.held_out} held out of training" if stats.held_out else ""
-            self.log(
-                f"corpus: {stats.pairs} pairs, languages {self.corpus.language_counts()}, "
-                f"{stats.skipped_empty} empty skipped, {stats.truncated} truncated{held_out}"
-            )
-            unnamed = self.corpus.unnamed_language_warning()
-            if unnamed:
-                self.warn(unnamed)
+            self.log(f"corpus: {training_input.describe(self.corpus)}")
+            for warning in training_input.corpus_warnings(
+                    self.corpus, self.config.max_chars, distribute.num_workers(self.strategy)):
+                self.warn(warning)
             self.log(f"encoder: {self.bundle.source}; "
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
                      f"{self.strategy.num_replicas_in_sync} replica(s); "
@@ -315,7 +313,7 @@ class AlignmentRun:
 
     def _non_finite_error(self, step, result, first_example):
         pair_ids = [int(i) for i in result["pair_ids"].numpy()]
-        sources = [self.corpus.sources[i] for i in pair_ids if 0 <= i < len(self.corpus.sources)]
+        sources = self.corpus.sources_of(pair_ids)
         loss = float(result["loss"])
         what = (f"the loss is {loss}" if not math.isfinite(loss)
                 else "the gradient norm is not finite")
