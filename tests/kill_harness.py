@@ -29,10 +29,11 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
+
+from conftest import free_ports
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 8
@@ -76,16 +77,6 @@ class Workers:
         return codes[0] if len(set(codes)) == 1 else next(c for c in codes if c)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def start_training(model_dir, train_steps, checkpoint_every, log_path, env=None, corpus="demo",
                    workers=1):
     """Starts the training binary (`workers` local processes); stdout and
@@ -99,7 +90,7 @@ def start_training(model_dir, train_steps, checkpoint_every, log_path, env=None,
     if workers == 1:
         return Workers([subprocess.Popen(args, cwd=REPO_ROOT, env=_env(env), stdout=log,
                                          stderr=subprocess.STDOUT)])
-    cluster = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    cluster = [f"127.0.0.1:{port}" for port in free_ports(workers)]
     processes = []
     for index in range(workers):
         tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}

@@ -73,13 +73,7 @@ def test_sigkill_at_random_steps_and_inside_a_save_resumes_exactly(tmp_path, ref
     assert "removed unfinished checkpoint writes" in log, context
     assert "Traceback" not in log, context
 
-    report = kill_harness.compare_runs(reference.wait(), model_dir, TOTAL)
-    assert report["steps_in_order"] and report["positions_in_order"], (report, context)
-    assert report["fingerprints_equal"], context
-    assert report["batches_repeated"] == 0 and report["batches_skipped"] == 0, context
-    assert report["max_loss_rel_diff"] <= 1e-6, (report["max_loss_rel_diff"], context)
-    assert report["max_weight_diff"] <= 1e-6, (report["max_weight_diff"], context)
-    assert report["mismatched_variables"] == [], context
+    report = _assert_resumed_exactly(reference.wait(), model_dir, [], context)
     # What was compared: queue + pointer, key encoder, both optimizers, data position.
     names = "\n".join(report["variable_names"])
     for part in ("key_queue/keys", "key_queue/pointer", "key_queue/pair_ids", "key_encoder",
