@@ -163,7 +163,8 @@ def test_pipeline_is_deterministic_and_resumable(tmp_path):
 
 
 def test_epochs_cover_every_pair_once_with_natural_mix(tmp_path):
-    demo = corpus_lib.read_corpus("demo")
+    # The demo directory itself: all 1,200 pairs (12 whole batches of 100).
+    demo = corpus_lib.read_corpus(corpus_lib.demo_corpus_dir())
     tokenizer = _tokenizer(demo.english + demo.other, tmp_path)
     config = pipeline.PipelineConfig(max_seq_length=48, max_sentence_length=24,
                                      max_predictions_per_seq=8, language_sampling_alpha=1.0)
