@@ -388,6 +388,22 @@ def test_demo_corpus_language_filter():
     assert set(corpus.language_counts()) == {"de", "fr"}
 
 
+@pytest.mark.parametrize("languages", [None, ["fr", "de"]])
+def test_streamed_demo_leaves_the_alignment_check_pairs_out(languages):
+    # What `prepare --corpus=demo` streams is what `read_corpus("demo")` trains
+    # on: never a sentence of the held-out check pairs.
+    stream = corpus_lib.stream_corpus("demo", languages=languages)
+    streamed = list(stream)
+    read = corpus_lib.read_corpus("demo", languages=languages)
+    assert [pair.source for pair in streamed] == read.sources
+    assert [(p.english, p.other) for p in streamed] == list(zip(read.english, read.other))
+    assert [p.language for p in streamed] == [read.languages[i] for i in read.language_ids]
+    held_out = corpus_lib.read_demo_corpus(held_out=True)
+    check_sentences = set(held_out.english) | set(held_out.other)
+    assert not check_sentences & {s for p in streamed for s in (p.english, p.other)}
+    assert stream.stats.pairs == len(read) and stream.stats.held_out == read.stats.held_out > 0
+
+
 # --- epoch_index -------------------------------------------------------------------
 
 

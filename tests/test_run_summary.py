@@ -62,6 +62,11 @@ def test_finished_run_writes_and_prints_the_summary_and_its_load_lines_work(tmp_
     assert summary_block(summary) in result.stdout
     assert "run summary (finished)" in result.stdout and "load it:" in result.stdout
     assert "# Run summary: finished" in markdown and "```python" in markdown
+    # The curves picture is drawn and linked.
+    assert summary["curves"] == "training_curves.png"
+    with open(model_dir / "training_curves.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "](training_curves.png)" in markdown
     # The three load lines run as printed, in a fresh process.
     assert len(summary["load_export"]) == 3
     check = "\n".join(summary["load_export"] + ["print(embeddings.shape)"])

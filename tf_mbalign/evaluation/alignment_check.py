@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from tf_mbalign.atomic_files import write_json_atomic
-from tf_mbalign.data.corpus import read_demo_corpus
+from tf_mbalign.data.corpus import ParallelCorpus, read_demo_corpus
 from tf_mbalign.evaluation.retrieval import Bitext
 from tf_mbalign.evaluation.sentence_embedding import SentenceEmbedder
 from tf_mbalign.training.callbacks import TrainingCallback
@@ -44,12 +44,14 @@ DIRECTION = "xx_to_en"
 
 def check_bitexts(training_corpus=None):
     """({language: Bitext} of the held-out demo pairs, dropped count): pairs
-    with a sentence that `training_corpus` contains are dropped (a prepared,
-    streamed corpus holds token ids only and is not searched: preparing the
-    demo directory would train on the check's pairs)."""
+    with a sentence that `training_corpus` (a `ParallelCorpus`) contains are
+    dropped. A prepared corpus holds token ids only and is not searched:
+    `prepare --corpus=demo` already leaves the check's pairs out
+    (`corpus.stream_demo_corpus`); preparing a copy of the demo directory
+    would not."""
     held_out = read_demo_corpus(held_out=True)
     trained = set()
-    if training_corpus is not None and hasattr(training_corpus, "english"):
+    if isinstance(training_corpus, ParallelCorpus):
         trained = set(training_corpus.english) | set(training_corpus.other)
     bitexts, dropped = {}, 0
     for english, other, language_id in zip(held_out.english, held_out.other,

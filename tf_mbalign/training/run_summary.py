@@ -16,6 +16,8 @@ summary holds:
   before the queue held negatives, are left out of the means);
 - the corpus: pairs per language, skipped and truncated lines, files;
 - this session's wall time, the checkpoints' size on disk;
+- the loss and accuracy curves drawn to `training_curves.png`
+  (`training_curves.py`; a drawing that fails is reported, never fatal);
 - the export's paths relative to `model_dir` (when this session exported) and
   the three lines of code that load the sentence-embedding model.
 
@@ -38,6 +40,7 @@ from tf_mbalign.atomic_files import write_json_atomic, write_text_atomic
 from tf_mbalign.training import checkpointing
 from tf_mbalign.training.callbacks import TrainingCallback
 from tf_mbalign.training.metrics_sinks import read_metrics
+from tf_mbalign.training.training_curves import TRAINING_CURVES_PNG, plot_training_curves
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -72,6 +75,7 @@ class RunSummary(TrainingCallback):
             return
         self.summary = build_summary(run, outcome, error, self.start_step,
                                      since=self.created)
+        self.summary["curves"] = draw_curves(run.config.model_dir, run.bundle.source)
         write_summary(run.config.model_dir, self.summary)
 
 
@@ -109,6 +113,19 @@ def build_summary(run, outcome, error, start_step, since):
         "export": export,
         "load_export": load_lines(config.model_dir, export),
     }
+
+
+def draw_curves(model_dir, encoder):
+    """`training_curves.png` in model_dir from its metrics.jsonl: the file's
+    name, or None (nothing logged yet, or the drawing failed: said why)."""
+    try:
+        drawn = plot_training_curves(read_metrics(model_dir),
+                                     os.path.join(model_dir, TRAINING_CURVES_PNG),
+                                     title=f"{model_dir} ({encoder})")
+    except Exception as error:  # noqa: BLE001 - a picture never fails a run
+        print(f"warning: {TRAINING_CURVES_PNG} not drawn: {error}", flush=True)
+        return None
+    return TRAINING_CURVES_PNG if drawn else None
 
 
 def _first_line(error):
@@ -293,6 +310,8 @@ def summary_block(summary):
         f"{checkpoints['latest'] or 'none'}: {_size(checkpoints['latest_bytes'])} "
         f"({_size(checkpoints['all_bytes'])} for the {len(checkpoints['kept_steps'])} kept)",
     ]
+    if summary.get("curves"):
+        lines.append(f"  curves: {summary['model_dir']}/{summary['curves']}")
     if summary["error"]:
         lines.append(f"  error: {summary['error']}")
     if summary["export"]:
@@ -311,6 +330,8 @@ def summary_markdown(summary):
     if summary["load_export"]:
         text += ["Load the sentence-embedding model:", "", "```python",
                  *summary["load_export"], "```", ""]
+    if summary.get("curves"):
+        text += [f"![loss and accuracy curves]({summary['curves']})", ""]
     text.append(f"Every figure: `{SUMMARY_JSON}` (same folder).")
     return "\n".join(text) + "\n"
 
