@@ -13,6 +13,11 @@ runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
 from tf_mbalign.data.data_root import default_data_root  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The precision every test that trains pins: the default, `auto`, picks mixed
+# bf16 on CPUs with AMX or AVX512-BF16, and results must not depend on the CPU
+# CI lands on. Tests of `auto` or of mixed precision ask for theirs.
+TEST_PRECISION = "float32"
+TEST_PRECISION_FLAG = f"--precision={TEST_PRECISION}"
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def tiny_train_config(model_dir, **overrides):
         encoder="tiny:demo", corpus="demo", model_dir=str(model_dir), train_steps=4,
         global_batch_size=8, queue_size=16, max_seq_length=48, max_sentence_length=24,
         max_predictions_per_seq=8, learning_rate=1e-3, warmup_steps=1, dropout=0.0,
-        checkpoint_every=100, quiet=True, export=False,
+        checkpoint_every=100, quiet=True, export=False, precision=TEST_PRECISION,
     )
     values.update(overrides)
     return TrainConfig(**values)

@@ -27,6 +27,7 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
+from conftest import TEST_PRECISION  # noqa: E402
 from tf_mbalign.config import TrainConfig  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib  # noqa: E402
 from tf_mbalign.data import pipeline  # noqa: E402
@@ -43,6 +44,7 @@ def _config(negatives="queue"):
         queue_size=12, max_seq_length=48, max_sentence_length=24, max_predictions_per_seq=8,
         learning_rate=1e-3, warmup_steps=0, dropout=0.0, max_gradient_norm=0.5, momentum=0.9,
         contrastive_negatives=negatives, tlm_weight=0.5 if negatives == "in_batch" else 1.0,
+        precision=TEST_PRECISION,
     )
 
 

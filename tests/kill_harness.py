@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from conftest import free_ports
+from conftest import TEST_PRECISION_FLAG, free_ports
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 8
@@ -42,7 +42,7 @@ TRAIN_FLAGS = [
     "--queue_size=16", "--max_seq_length=48", "--max_sentence_length=24",
     "--max_predictions_per_seq=8", "--learning_rate=1e-3", "--warmup_steps=1",
     "--dropout=0.1", "--head_warmup_steps=2", "--keep_checkpoints=3", "--steps_per_loop=1",
-    "--quiet", "--noexport",
+    "--quiet", "--noexport", TEST_PRECISION_FLAG,
 ]
 
 

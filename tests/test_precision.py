@@ -1,5 +1,9 @@
 """`--precision=auto`: bfloat16 where the hardware multiplies it natively."""
 
+import dataclasses
+import glob
+import os
+
 import pytest
 
 from tf_mbalign import distribute
@@ -31,38 +35,115 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
     assert distribute.cpu_flags(str(tmp_path / "absent")) == set()
 
 
-def test_auto_resolves_to_what_the_hardware_supports(monkeypatch):
+@pytest.mark.parametrize("flags,policy,words", [
+    ({"avx2", "fma"}, "float32", "without bfloat16"),  # neither AMX nor AVX512-BF16
+    ({"avx512f", "avx512_bf16"}, "mixed_bfloat16", "AVX512-BF16"),
+    ({"amx_tile", "amx_bf16"}, "mixed_bfloat16", "AMX"),
+])
+def test_auto_on_a_cpu_follows_its_bfloat16_instructions(monkeypatch, flags, policy, words):
     monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: [])
-    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx2"})
-    assert distribute.resolve_precision("auto") == (
-        "float32", "auto: CPU without bfloat16 instructions (no amx_bf16 / avx512_bf16)")
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: flags)
+    got, reason = distribute.resolve_precision("auto")
+    assert got == policy and reason.startswith("auto: ") and words in reason
+
+
+def test_auto_follows_the_gpu_and_explicit_choices_are_kept(monkeypatch):
     monkeypatch.setattr(distribute, "cpu_flags", lambda: {"amx_bf16"})
-    policy, reason = distribute.resolve_precision("auto")
-    assert policy == "mixed_bfloat16" and "AMX" in reason
     monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: [(7, 0)])
     assert distribute.resolve_precision("auto")[0] == "float32"  # the GPU computes, not the CPU
     # An explicit choice is kept whatever the hardware.
     assert distribute.resolve_precision("mixed_float16") == ("mixed_float16", "set by --precision")
+    assert distribute.resolve_precision("float32") == ("float32", "set by --precision")
     with pytest.raises(ValueError, match="auto"):
         distribute.resolve_precision("bf16")
 
 
-def test_a_run_resolves_auto_and_records_why(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flags,policy,words", [
+    ({"avx2"}, "float32", "auto: CPU without bfloat16"),
+    ({"amx_bf16"}, "mixed_bfloat16", "auto: CPU with AMX"),
+])
+def test_a_run_resolves_auto_and_records_why(tmp_path, monkeypatch, flags, policy, words):
     import json
 
+    import keras
+
     from conftest import tiny_train_config
+    from tf_mbalign.training.run_summary import RunSummary
     from tf_mbalign.training.trainer import AlignmentRun
 
     monkeypatch.setattr(distribute, "_gpu_compute_capabilities", lambda: [])
-    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx2"})  # no bf16 here
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: flags)
     messages = []
-    run = AlignmentRun(tiny_train_config(tmp_path / "run", train_steps=1, precision="auto"),
-                       log=messages.append)
-    run.run()
-    assert run.config.precision == "float32" and "without bfloat16" in run.precision_reason
+    try:
+        run = AlignmentRun(tiny_train_config(tmp_path / "run", train_steps=1, precision="auto"),
+                           callbacks=[RunSummary()], log=messages.append)
+        run.run()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert run.config.precision == policy and run.precision_reason.startswith(words)
+    assert any(f"precision {policy} ({words}" in m for m in messages)  # printed at start
     with open(tmp_path / "run" / "flags.json") as f:
-        assert json.load(f)["precision"] == "float32"  # what ran, so a re-run is the same
-    assert any("precision float32 (auto: CPU without bfloat16" in m for m in messages)
+        assert json.load(f)["precision"] == policy  # what ran, so a re-run is the same
+    with open(tmp_path / "run" / "summary.json") as f:
+        assert json.load(f)["precision"] == {"policy": policy, "reason": run.precision_reason}
+
+
+# === The default is auto; tests and the training configs pin theirs ===
+
+def test_auto_is_the_default_of_the_config_and_of_the_flag():
+    from conftest import run_module
+    from tf_mbalign.config import TrainConfig
+
+    assert TrainConfig().precision == "auto"
+    code = ("from tf_mbalign import config; from absl import flags; config.define_flags(); "
+            "flags.FLAGS(['x']); print('default:', flags.FLAGS['precision'].default)")
+    result = run_module(["-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "default: auto" in result.stdout
+
+
+def _flags_set(path):
+    """{name: value} of the flags a flag file sets (the files it includes
+    with --flagfile first; --name alone as "true", --noname as "false")."""
+    from conftest import REPO_ROOT
+
+    values = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("--"):
+                continue
+            name, has_value, value = line[2:].partition("=")
+            if name == "flagfile":
+                values.update(_flags_set(os.path.join(REPO_ROOT, value)))
+            elif has_value:
+                values[name] = value
+            elif name.startswith("no"):
+                values[name[2:]] = "false"
+            else:
+                values[name] = "true"
+    return values
+
+
+def _training_flag_files():
+    """configs/*.flags of the training binary: those whose every flag is a
+    TrainConfig field (the fine-tuning ones set --epochs, --seeds, ...)."""
+    from conftest import REPO_ROOT
+    from tf_mbalign.config import TrainConfig
+
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    configs = {os.path.basename(path): _flags_set(path)
+               for path in glob.glob(os.path.join(REPO_ROOT, "configs", "*.flags"))}
+    return {name: values for name, values in configs.items() if set(values) <= fields}
+
+
+def test_every_training_config_pins_its_precision():
+    configs = _training_flag_files()
+    assert {"align.flags", "recipe.flags", "mbert_paper.flags"} <= set(configs)
+    unpinned = [name for name, values in configs.items()
+                if values.get("precision", "auto") == "auto"]
+    assert not unpinned, f"configs that train without pinning --precision: {unpinned}"
+    assert configs["align.flags"]["precision"] == configs["recipe.flags"]["precision"] == "float32"
 
 
 # === Mixed bfloat16 training on a tiny model (emulated where the CPU lacks bf16) ===

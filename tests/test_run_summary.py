@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from conftest import run_module, tiny_train_config
+from conftest import TEST_PRECISION_FLAG, run_module, tiny_train_config
 from tf_mbalign.training.callbacks import TrainingCallback
 from tf_mbalign.training.fault_injection import FAULT_ENV
 from tf_mbalign.training.run_summary import RunSummary, phase_windows, summary_block
@@ -15,7 +15,7 @@ from tf_mbalign.training.trainer import AlignmentRun, NonFiniteError
 
 TINY_FLAGS = ["--encoder=tiny:demo", "--global_batch_size=8", "--queue_size=16",
               "--max_seq_length=48", "--max_sentence_length=24",
-              "--max_predictions_per_seq=8", "--quiet"]
+              "--max_predictions_per_seq=8", "--quiet", TEST_PRECISION_FLAG]
 
 
 def _read_summary(model_dir):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_module, tiny_train_config  # noqa: E402
+from conftest import REPO_ROOT, TEST_PRECISION_FLAG, run_module, tiny_train_config  # noqa: E402
 from tf_mbalign.training.trainer import AlignmentRun
 
 
@@ -94,7 +94,7 @@ def test_mirrored_step_equals_single_device_step(tmp_path, negatives):
 # === The binary and bad input ===
 
 def _train(args, tmp_path):
-    return run_module(["-m", "tf_mbalign.train", "--encoder=tiny:demo",
+    return run_module(["-m", "tf_mbalign.train", "--encoder=tiny:demo", TEST_PRECISION_FLAG,
                        f"--model_dir={tmp_path / 'run'}", *args])
 
 

@@ -101,7 +101,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "default"
     tpu: str = ""
-    precision: str = "float32"
+    precision: str = "auto"
     jit_compile: bool = False
     steps_per_loop: int = 1
     checkpoint_every: int = 50
@@ -275,8 +275,11 @@ HELP = {
     "seed": "Seed of the data order, masks and initialization.",
     "strategy": "tf.distribute strategy.",
     "tpu": "TPU address for --strategy=tpu.",
-    "precision": "Keras dtype policy; auto = mixed_bfloat16 where the hardware multiplies "
-                 "bf16 natively (TPU, GPU >= sm_80, CPU with AMX or AVX512-BF16), else float32.",
+    "precision": "Keras dtype policy. auto (default): mixed_bfloat16 where the hardware "
+                 "multiplies bf16 natively (TPU, GPU >= sm_80, CPU with AMX or AVX512-BF16), "
+                 "else float32; the choice and its reason are printed at start and written to "
+                 "flags.json and summary.json. Pin float32 (as configs/align.flags does) for "
+                 "results that must not depend on the machine.",
     "jit_compile": "XLA-compile the train step (not with --strategy=mirrored on CPU).",
     "steps_per_loop": "Steps per tf.function call (more = less Python overhead).",
     "checkpoint_every": "Save a checkpoint every N steps (and at the end).",
