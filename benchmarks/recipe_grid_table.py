@@ -4,7 +4,8 @@ Reads `<grid_dir>/<row>/training/` (flags.json, summary.json,
 alignment_check.json) and `<grid_dir>/compare_<row>/suite.json` (the row's
 export against the unaligned encoder on one half of the test rows) and
 writes `<grid_dir>/grid.md`, `grid.json` and `grid.png` (each row's paired
-difference per task, with its 95% interval).
+difference per task, with its 95% interval), and each row's loss and
+accuracy curves to `<grid_dir>/<row>/training/training_curves.png`.
 
     python benchmarks/recipe_grid_table.py --grid_dir=docs/results/grid_choose
 
@@ -17,6 +18,9 @@ import os
 import sys
 
 from absl import app, flags
+
+from tf_mbalign.training.metrics_sinks import read_metrics
+from tf_mbalign.training.training_curves import TRAINING_CURVES_PNG, plot_training_curves
 
 _GRID_DIR = flags.DEFINE_string("grid_dir", "docs/results/grid_choose", "The grid's results.")
 _REFERENCE = flags.DEFINE_string("reference", "tlm_moco", "The row other rows' flags are "
@@ -178,6 +182,10 @@ def main(argv):
         return 1
     reference = next((r["flags"] for r in rows if r["row"] == _REFERENCE.value), rows[0]["flags"])
     records = [row_record(row, reference) for row in rows]
+    for name in (row["row"] for row in rows):
+        training = os.path.join(_GRID_DIR.value, name, "training")
+        plot_training_curves(read_metrics(training), os.path.join(training, TRAINING_CURVES_PNG),
+                             title=f"grid row {name}")
     with open(os.path.join(_GRID_DIR.value, "grid.json"), "w") as f:
         json.dump(records, f, indent=1)
     table = markdown(records)
