@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tf_mbalign.training.training_curves import (metric_series, plot_training_curves,
-                                                 running_mean, warmup_end)
+                                                 records_per_window, running_mean, warmup_end)
 
 
 def _records(warmup=3, encoder=5):
@@ -30,6 +30,14 @@ def test_running_mean_matches_a_direct_mean(window):
     values = np.random.default_rng(window).normal(size=23)
     expected = [values[max(0, i + 1 - window):i + 1].mean() for i in range(len(values))]
     np.testing.assert_allclose(running_mean(values, window), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_window_counts_steps_not_records():
+    # A run logging every 10 steps: 20 steps are 2 records.
+    assert records_per_window(np.arange(10, 210, 10), 20) == 2
+    assert records_per_window(np.arange(1, 50), 20) == 20
+    assert records_per_window(np.arange(10, 210, 10), 3) == 1
+    assert records_per_window(np.asarray([5]), 20) == 1
 
 
 def test_warmup_end_is_the_last_warmup_step():

@@ -36,6 +36,15 @@ def running_mean(values, window):
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
+def records_per_window(steps, window):
+    """How many logged records span `window` steps (a run logs every
+    `--steps_per_loop` steps): at least 1."""
+    if len(steps) < 2:
+        return 1
+    spacing = float(np.median(np.diff(steps)))
+    return max(1, int(round(window / max(spacing, 1.0))))
+
+
 def warmup_end(records):
     """The last head warm-up step, or 0 without one."""
     return max((r["step"] for r in records if r.get("phase") == "head_warmup"), default=0)
@@ -58,7 +67,8 @@ def plot_training_curves(records, path, title="", window=20):
             steps, values = metric_series(records, name)
             if len(steps):
                 axis.plot(steps, values, color=f"C{colour}", alpha=0.2, lw=0.8)
-                axis.plot(steps, running_mean(values, window), color=f"C{colour}", label=name)
+                smooth = running_mean(values, records_per_window(steps, window))
+                axis.plot(steps, smooth, color=f"C{colour}", label=name)
         if last_warmup:
             axis.axvspan(0, last_warmup, color="grey", alpha=0.12, label="head warm-up")
         axis.set_ylabel(heading)
