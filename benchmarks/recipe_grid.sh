@@ -32,7 +32,9 @@ row_flags() {
     in_batch)   echo "--tlm_weight=1 --head_warmup_steps=50 --contrastive_negatives=in_batch" ;;
     no_shuffle) echo "--tlm_weight=1 --head_warmup_steps=50 --shuffle_inputs=false" ;;
     warmup200)  echo "--tlm_weight=1 --head_warmup_steps=200" ;;
-    *) echo "unknown row $1 (tlm_moco moco_only in_batch no_shuffle warmup200)" >&2; return 2 ;;
+    in_batch_only) echo "--tlm_weight=0 --head_warmup_steps=0 --contrastive_negatives=in_batch" ;;
+    *) echo "unknown row $1 (tlm_moco moco_only in_batch no_shuffle warmup200 in_batch_only)" >&2
+       return 2 ;;
   esac
 }
 

@@ -26,7 +26,8 @@ _GRID_DIR = flags.DEFINE_string("grid_dir", "docs/results/grid_choose", "The gri
 _REFERENCE = flags.DEFINE_string("reference", "tlm_moco", "The row other rows' flags are "
                                  "shown against.")
 _ROWS = flags.DEFINE_list("rows", ["tlm_moco", "moco_only", "in_batch", "no_shuffle",
-                                   "warmup200"], "Rows in table order (missing ones skipped).")
+                                   "in_batch_only", "warmup200"],
+                          "Rows in table order (missing ones skipped).")
 
 # (suite table, heading) of the columns, in order.
 TASKS = (("nli", "NLI"), ("pos", "POS"), ("retrieval_mean_xx_to_en", "retrieval XX→en (mean)"),
