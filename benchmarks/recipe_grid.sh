@@ -17,6 +17,9 @@ HALF=${HALF:-even}
 FIRST_SEED=${FIRST_SEED:-0}
 OUT=${OUT:-docs/results/grid_choose}
 COMMIT=${COMMIT:-1}
+# Every row sets --tlm_weight and --head_warmup_steps (recipe.flags leaves
+# them to the checkpoint; the grid ran while recipe.flags still said
+# --tlm_weight=1.0, which the TLM rows now set themselves).
 # The grid's common schedule: 150 encoder steps (2,400 pairs) after the row's
 # head warm-up; about 10 min a row on a 2-vCPU Zen 4.
 COMMON=(--flagfile=configs/recipe.flags --train_steps=150 --warmup_steps=15
@@ -24,12 +27,14 @@ COMMON=(--flagfile=configs/recipe.flags --train_steps=150 --warmup_steps=15
 
 row_flags() {
   case "$1" in
-    tlm_moco)   echo "--head_warmup_steps=50" ;;
+    tlm_moco)   echo "--tlm_weight=1 --head_warmup_steps=50" ;;
     moco_only)  echo "--tlm_weight=0 --head_warmup_steps=0" ;;
-    in_batch)   echo "--head_warmup_steps=50 --contrastive_negatives=in_batch" ;;
-    no_shuffle) echo "--head_warmup_steps=50 --shuffle_inputs=false" ;;
-    warmup200)  echo "--head_warmup_steps=200" ;;
-    *) echo "unknown row $1 (tlm_moco moco_only in_batch no_shuffle warmup200)" >&2; return 2 ;;
+    in_batch)   echo "--tlm_weight=1 --head_warmup_steps=50 --contrastive_negatives=in_batch" ;;
+    no_shuffle) echo "--tlm_weight=1 --head_warmup_steps=50 --shuffle_inputs=false" ;;
+    warmup200)  echo "--tlm_weight=1 --head_warmup_steps=200" ;;
+    in_batch_only) echo "--tlm_weight=0 --head_warmup_steps=0 --contrastive_negatives=in_batch" ;;
+    *) echo "unknown row $1 (tlm_moco moco_only in_batch no_shuffle warmup200 in_batch_only)" >&2
+       return 2 ;;
   esac
 }
 

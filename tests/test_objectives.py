@@ -133,12 +133,23 @@ def test_in_batch_run_trains_the_encoder_on_both_sides(tmp_path):
 
 def test_defaults_are_resolved_per_checkpoint_kind_with_their_sources():
     headless, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)
-    assert (headless.head_warmup_steps, headless.queue_size, headless.momentum,
-            headless.temperature) == (200, 4096, 0.99, 0.05)
-    assert all(config_lib.PLACEHOLDER in source for source in sources.values())
+    # The grid's choice for a headless checkpoint: MoCo only, so no warm-up.
+    assert (headless.tlm_weight, headless.head_warmup_steps, headless.queue_size,
+            headless.momentum, headless.temperature) == (0.0, 0, 4096, 0.99, 0.05)
+    assert config_lib.GRID in sources["tlm_weight"] and "--tlm_weight=0" in \
+        sources["head_warmup_steps"]
+    assert all(config_lib.GRID in sources[name] for name in ("queue_size", "temperature"))
+    # Asking for TLM on a headless checkpoint brings the warm-up.
+    with_tlm, sources = TrainConfig(tlm_weight=1.0).with_checkpoint_defaults(
+        config_lib.WITHOUT_MLM_HEAD)
+    assert with_tlm.head_warmup_steps == 200 and config_lib.GRID in sources["head_warmup_steps"]
+    # TLM alone is never resolved to nothing to train.
+    tlm_only, sources = TrainConfig(contrastive_weight=0.0).with_checkpoint_defaults(
+        config_lib.WITHOUT_MLM_HEAD)
+    assert tlm_only.tlm_weight == 1.0 and "--contrastive_weight=0" in sources["tlm_weight"]
     with_head, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITH_MLM_HEAD)
-    assert (with_head.head_warmup_steps, with_head.queue_size, with_head.momentum,
-            with_head.temperature) == (0, 65536, 0.999, 0.07)
+    assert (with_head.tlm_weight, with_head.head_warmup_steps, with_head.queue_size,
+            with_head.momentum, with_head.temperature) == (1.0, 0, 65536, 0.999, 0.07)
     assert "He et al. 2020" in sources["queue_size"] and "unverified" in sources["queue_size"]
     # Set values stay; a resolved config resolves to itself.
     kept, sources = TrainConfig(queue_size=1024).with_checkpoint_defaults(
@@ -182,19 +193,24 @@ def test_a_headless_checkpoint_without_warmup_is_warned_about(tmp_path, monkeypa
     monkeypatch.setattr("tf_mbalign.training.trainer.checkpoint_kind",
                         lambda bundle: config_lib.WITHOUT_MLM_HEAD)
     warnings, lines = [], []
-    run = AlignmentRun(tiny_train_config(tmp_path / "cold", train_steps=0, head_warmup_steps=0),
+    run = AlignmentRun(tiny_train_config(tmp_path / "cold", train_steps=0, head_warmup_steps=0,
+                                         tlm_weight=1.0),
                        log=lines.append, warn=warnings.append)
     run.run()
     assert len(warnings) == 1 and "has no MLM head and --head_warmup_steps=0" in warnings[0]
     assert "--head_warmup_steps=N" in warnings[0] and "--tlm_weight=0" in warnings[0]
     # The resolved values were printed with their sources and written to flags.json.
-    assert any(line.startswith("  --temperature=0.05  [PLACEHOLDER") for line in lines)
+    assert any(line.startswith("  --temperature=0.05  [used by every row of issue 14's grid")
+               for line in lines)
     flags = json.loads((tmp_path / "cold" / "flags.json").read_text())
     assert flags["temperature"] == 0.05
     assert flags["checkpoint_default_sources"]["head_warmup_steps"] == \
         "set: --head_warmup_steps"
-    # Left to the checkpoint, a headless run gets the warm-up placeholder instead.
-    warm = AlignmentRun(tiny_train_config(tmp_path / "warm", train_steps=0))
+    # Left to the checkpoint, a headless run trains MoCo only (nothing to warm
+    # up); with TLM asked for, it gets the warm-up instead.
+    moco = AlignmentRun(tiny_train_config(tmp_path / "moco", train_steps=0))
+    assert (moco.config.tlm_weight, moco.config.head_warmup_steps) == (0.0, 0)
+    warm = AlignmentRun(tiny_train_config(tmp_path / "warm", train_steps=0, tlm_weight=1.0))
     assert warm.config.head_warmup_steps == 200
 
 
@@ -278,7 +294,9 @@ def test_configs_parse_to_valid_settings(flagfile):
 
     code = ("from tf_mbalign import config; from absl import flags; config.define_flags(); "
             f"flags.FLAGS(['x', '--flagfile={flagfile}']); "
-            "print(config.TrainConfig.from_flags().to_json())")
+            "parsed = config.TrainConfig.from_flags(); print(parsed.to_json()); "
+            # Resolved as for e5-small (no MLM head): no contradiction appears.
+            "parsed.with_checkpoint_defaults(config.WITHOUT_MLM_HEAD)")
     result = run_module(["-c", code])
     assert result.returncode == 0, result.stderr[-2000:]
     values = json.loads(result.stdout[result.stdout.index("{"):])
@@ -286,6 +304,7 @@ def test_configs_parse_to_valid_settings(flagfile):
         # The recipe leaves what depends on the checkpoint to the checkpoint.
         assert all(values[name] is None for name in config_lib.CHECKPOINT_DEFAULTS)
         assert values["corpus"] == "../shared/data/parallel" and values["alignment_check"]
-        assert (values["tlm_weight"], values["contrastive_negatives"]) == (1.0, "queue")
+        assert values["contrastive_negatives"] == "queue"
     else:  # The demo pins its own values.
         assert values["head_warmup_steps"] == 50 and values["queue_size"] == 4096
+        assert values["tlm_weight"] == 1.0  # both objectives, shown at work

@@ -145,8 +145,10 @@ def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
     assert positions[1] < result.stdout.index("\n  --encoder ") < positions[2]
     assert "e5_small or embedded" in result.stdout  # the encoder aliases, documented
     # Defaults that depend on the checkpoint say so, with both values.
-    assert "--temperature (default: by checkpoint: 0.07 with an MLM head, 0.05 without " \
-           "(placeholder))" in result.stdout
+    assert "--temperature (default: by checkpoint: 0.07 with an MLM head, 0.05 without)" \
+        in result.stdout
+    assert "--tlm_weight (default: by checkpoint: 1.0 with an MLM head, 0.0 without)" \
+        in result.stdout
     assert "\n  --tlm_weight " in result.stdout and "\n  --contrastive_negatives " in result.stdout
     assert not (tmp_path / "run").exists()
 

@@ -25,7 +25,6 @@ from tf_mbalign.modeling.aligner import NEGATIVES, Aligner
 WITH_MLM_HEAD = "mlm_head"  # e.g. mBERT or XLM-R from a Hugging Face directory
 WITHOUT_MLM_HEAD = "no_mlm_head"  # a pre-trained sentence encoder, e.g. e5-small
 RANDOM = "random"  # a random test encoder (tiny:): nothing pre-trained to protect
-PLACEHOLDER = "PLACEHOLDER until issue 14's grid chooses (BUILD_NOTES.md)"
 _MOCO = "MoCo's default (He et al. 2020, arXiv 1911.05722); Pan et al. 2021's own value unverified"
 
 
@@ -48,13 +47,23 @@ class CheckpointDefault:
         return self.with_mlm_head, "random test encoder: the value for checkpoints with an MLM head"
 
 
+# What issue 14's grid chose for e5-small (docs/results/grid_choose, RESULTS.md):
+# the choose half of the test rows; the other half confirms it.
+GRID = "issue 14's grid on e5-small (RESULTS.md, 'The recipe grid')"
+GRID_UNVARIED = f"used by every row of {GRID}, not varied there"
+
 CHECKPOINT_DEFAULTS = {
+    # First: the head warm-up's default depends on it.
+    "tlm_weight": CheckpointDefault(
+        1.0, "Pan et al. 2021: TLM and MoCo together",
+        0.0, f"{GRID}: MoCo alone beat TLM + MoCo on every task, with the MLM head "
+             "new and barely trained"),
     "head_warmup_steps": CheckpointDefault(
         0, "the checkpoint's MLM head is trained already (Pan et al. 2021 start from mBERT's)",
-        200, f"checkpoint without an MLM head: {PLACEHOLDER}"),
-    "queue_size": CheckpointDefault(65536, _MOCO, 4096, PLACEHOLDER),
-    "momentum": CheckpointDefault(0.999, _MOCO, 0.99, PLACEHOLDER),
-    "temperature": CheckpointDefault(0.07, _MOCO, 0.05, PLACEHOLDER),
+        200, f"checkpoint without an MLM head, with --tlm_weight > 0: {GRID}"),
+    "queue_size": CheckpointDefault(65536, _MOCO, 4096, GRID_UNVARIED),
+    "momentum": CheckpointDefault(0.999, _MOCO, 0.99, GRID_UNVARIED),
+    "temperature": CheckpointDefault(0.07, _MOCO, 0.05, GRID_UNVARIED),
 }
 
 
@@ -89,7 +98,7 @@ class TrainConfig:
     momentum: float = None  # by checkpoint
     temperature: float = None  # by checkpoint
     contrastive_weight: float = 1.0
-    tlm_weight: float = 1.0
+    tlm_weight: float = None  # by checkpoint
     contrastive_negatives: str = "queue"
     representation_layer: int = -1
     pooling: str = "cls"
@@ -151,7 +160,7 @@ class TrainConfig:
 
     def _objective_problems(self):
         problems = []
-        if self.tlm_weight < 0 or self.contrastive_weight < 0:
+        if (self.tlm_weight or 0) < 0 or self.contrastive_weight < 0:
             problems.append("--tlm_weight and --contrastive_weight must be >= 0 (0 = off)")
         elif self.tlm_weight == 0 and self.contrastive_weight == 0:
             problems.append("--tlm_weight=0 and --contrastive_weight=0 leave nothing to train; "
@@ -179,7 +188,9 @@ class TrainConfig:
                 sources[name] = f"set: --{name}"
                 continue
             value, source = default.for_kind(kind)
-            if name == "head_warmup_steps" and self.tlm_weight == 0:
+            if name == "tlm_weight" and self.contrastive_weight == 0:
+                value, source = 1.0, "--contrastive_weight=0: TLM is the only objective"
+            if name == "head_warmup_steps" and values.get("tlm_weight", self.tlm_weight) == 0:
                 value, source = 0, "--tlm_weight=0: no TLM, no MLM head to warm up"
             if name in ("queue_size", "momentum") and self.contrastive_negatives != "queue":
                 source += f" (unused with --contrastive_negatives={self.contrastive_negatives})"
@@ -261,7 +272,8 @@ HELP = {
     "contrastive_weight": "Weight of the contrastive (sentence-level) loss; 0 = TLM only "
                           "(nothing of it is computed).",
     "tlm_weight": "Weight of the TLM (word-level) loss; 0 = contrastive only (the MLM head "
-                  "is not run).",
+                  "is not run). By checkpoint: 1 with a trained MLM head (the paper), 0 "
+                  "without one (issue 14's grid on e5-small).",
     "contrastive_negatives": "queue: MoCo (momentum key encoder, a queue of past keys; the "
                              "paper's). in_batch: symmetric InfoNCE over the global batch, both "
                              "sides through the trained encoder, no queue or key encoder.",
@@ -365,7 +377,6 @@ def grouped_help(usage, flag_values=FLAGS):
 def _default_text(name, default):
     if name in CHECKPOINT_DEFAULTS and default is None:
         by_kind = CHECKPOINT_DEFAULTS[name]
-        placeholder = " (placeholder)" if PLACEHOLDER in by_kind.without_mlm_head_source else ""
         return (f"by checkpoint: {by_kind.with_mlm_head!r} with an MLM head, "
-                f"{by_kind.without_mlm_head!r} without{placeholder}")
+                f"{by_kind.without_mlm_head!r} without")
     return repr(",".join(default) if isinstance(default, list) else default)

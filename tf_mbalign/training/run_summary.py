@@ -292,8 +292,7 @@ def summary_block(summary):
             f"{k} {v}" for k, v in summary["objectives"].items()))
     if summary.get("checkpoint_defaults"):
         lines.append("  by checkpoint: " + ", ".join(
-            f"{k} {v['value']}" + (" (placeholder)" if "PLACEHOLDER" in v["source"] else "")
-            for k, v in summary["checkpoint_defaults"].items()))
+            f"{k} {v['value']}" for k, v in summary["checkpoint_defaults"].items()))
     check = summary.get("head_warmup_check")
     if check:
         lines.append(f"  head warm-up check (step {check['step']}): TLM accuracy "
