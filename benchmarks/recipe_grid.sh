@@ -17,9 +17,9 @@ HALF=${HALF:-even}
 FIRST_SEED=${FIRST_SEED:-0}
 OUT=${OUT:-docs/results/grid_choose}
 COMMIT=${COMMIT:-1}
-# Every row sets --tlm_weight and --head_warmup_steps (recipe.flags leaves
-# them to the checkpoint; the grid ran while recipe.flags still said
-# --tlm_weight=1.0, which the TLM rows now set themselves).
+# Every row sets --tlm_weight, --head_warmup_steps and --contrastive_negatives
+# (recipe.flags leaves them to the checkpoint; the grid ran while
+# recipe.flags still set --tlm_weight=1.0 and --contrastive_negatives=queue).
 # The grid's common schedule: 150 encoder steps (2,400 pairs) after the row's
 # head warm-up; about 10 min a row on a 2-vCPU Zen 4.
 COMMON=(--flagfile=configs/recipe.flags --train_steps=150 --warmup_steps=15
@@ -27,11 +27,11 @@ COMMON=(--flagfile=configs/recipe.flags --train_steps=150 --warmup_steps=15
 
 row_flags() {
   case "$1" in
-    tlm_moco)   echo "--tlm_weight=1 --head_warmup_steps=50" ;;
-    moco_only)  echo "--tlm_weight=0 --head_warmup_steps=0" ;;
+    tlm_moco)   echo "--tlm_weight=1 --head_warmup_steps=50 --contrastive_negatives=queue" ;;
+    moco_only)  echo "--tlm_weight=0 --head_warmup_steps=0 --contrastive_negatives=queue" ;;
     in_batch)   echo "--tlm_weight=1 --head_warmup_steps=50 --contrastive_negatives=in_batch" ;;
-    no_shuffle) echo "--tlm_weight=1 --head_warmup_steps=50 --shuffle_inputs=false" ;;
-    warmup200)  echo "--tlm_weight=1 --head_warmup_steps=200" ;;
+    no_shuffle) echo "--tlm_weight=1 --head_warmup_steps=50 --contrastive_negatives=queue --shuffle_inputs=false" ;;
+    warmup200)  echo "--tlm_weight=1 --head_warmup_steps=200 --contrastive_negatives=queue" ;;
     in_batch_only) echo "--tlm_weight=0 --head_warmup_steps=0 --contrastive_negatives=in_batch" ;;
     *) echo "unknown row $1 (tlm_moco moco_only in_batch no_shuffle warmup200 in_batch_only)" >&2
        return 2 ;;

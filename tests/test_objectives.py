@@ -133,33 +133,32 @@ def test_in_batch_run_trains_the_encoder_on_both_sides(tmp_path):
 
 def test_defaults_are_resolved_per_checkpoint_kind_with_their_sources():
     headless, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)
-    # The grid's choice for a headless checkpoint: MoCo only, so no warm-up.
-    assert (headless.tlm_weight, headless.head_warmup_steps, headless.queue_size,
-            headless.momentum, headless.temperature) == (0.0, 0, 4096, 0.99, 0.05)
-    assert config_lib.GRID in sources["tlm_weight"] and "--tlm_weight=0" in \
-        sources["head_warmup_steps"]
+    # The grid's choice for a headless checkpoint: TLM + in-batch negatives.
+    assert (headless.tlm_weight, headless.contrastive_negatives, headless.head_warmup_steps,
+            headless.queue_size, headless.momentum, headless.temperature) == \
+        (1.0, "in_batch", 50, 4096, 0.99, 0.05)
+    assert config_lib.GRID in sources["tlm_weight"] and config_lib.GRID in \
+        sources["contrastive_negatives"]
     assert all(config_lib.GRID in sources[name] for name in ("queue_size", "temperature"))
-    # Asking for TLM on a headless checkpoint brings the warm-up.
-    with_tlm, sources = TrainConfig(tlm_weight=1.0).with_checkpoint_defaults(
+    assert "unused with --contrastive_negatives=in_batch" in sources["queue_size"]
+    # Contrastive only: nothing to warm up.
+    moco_only, sources = TrainConfig(tlm_weight=0.0).with_checkpoint_defaults(
         config_lib.WITHOUT_MLM_HEAD)
-    assert with_tlm.head_warmup_steps == 200 and config_lib.GRID in sources["head_warmup_steps"]
+    assert moco_only.head_warmup_steps == 0 and "--tlm_weight=0" in sources["head_warmup_steps"]
     # TLM alone is never resolved to nothing to train.
     tlm_only, sources = TrainConfig(contrastive_weight=0.0).with_checkpoint_defaults(
         config_lib.WITHOUT_MLM_HEAD)
     assert tlm_only.tlm_weight == 1.0 and "--contrastive_weight=0" in sources["tlm_weight"]
     with_head, sources = TrainConfig().with_checkpoint_defaults(config_lib.WITH_MLM_HEAD)
-    assert (with_head.tlm_weight, with_head.head_warmup_steps, with_head.queue_size,
-            with_head.momentum, with_head.temperature) == (1.0, 0, 65536, 0.999, 0.07)
+    assert (with_head.tlm_weight, with_head.contrastive_negatives, with_head.head_warmup_steps,
+            with_head.queue_size, with_head.momentum, with_head.temperature) == \
+        (1.0, "queue", 0, 65536, 0.999, 0.07)
     assert "He et al. 2020" in sources["queue_size"] and "unverified" in sources["queue_size"]
     # Set values stay; a resolved config resolves to itself.
     kept, sources = TrainConfig(queue_size=1024).with_checkpoint_defaults(
         config_lib.WITHOUT_MLM_HEAD)
     assert kept.queue_size == 1024 and sources["queue_size"] == "set: --queue_size"
     assert kept.with_checkpoint_defaults(config_lib.WITH_MLM_HEAD)[0] == kept
-    # MoCo only: nothing to warm up.
-    moco_only, sources = TrainConfig(tlm_weight=0.0).with_checkpoint_defaults(
-        config_lib.WITHOUT_MLM_HEAD)
-    assert moco_only.head_warmup_steps == 0 and "--tlm_weight=0" in sources["head_warmup_steps"]
     with pytest.raises(ValueError, match="with_checkpoint_defaults"):
         TrainConfig().total_steps  # noqa: B018 - unresolved
 
@@ -178,7 +177,13 @@ def test_contradictory_objective_flags_are_refused(values, expected):
 def test_in_batch_needs_no_queue_as_large_as_the_batch():
     TrainConfig(contrastive_negatives="in_batch", queue_size=4, global_batch_size=8)
     with pytest.raises(ValueError, match="must hold at least one global batch"):
-        TrainConfig(queue_size=4, global_batch_size=8)
+        TrainConfig(contrastive_negatives="queue", queue_size=4, global_batch_size=8)
+    # Left to the checkpoint, the check runs once the negatives are known.
+    small_queue = TrainConfig(queue_size=4, global_batch_size=8)
+    assert small_queue.with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)[0] \
+        .contrastive_negatives == "in_batch"
+    with pytest.raises(ValueError, match="must hold at least one global batch"):
+        small_queue.with_checkpoint_defaults(config_lib.WITH_MLM_HEAD)
 
 
 def test_flags_json_holds_the_sources_and_reads_back(tmp_path):
@@ -206,12 +211,11 @@ def test_a_headless_checkpoint_without_warmup_is_warned_about(tmp_path, monkeypa
     assert flags["temperature"] == 0.05
     assert flags["checkpoint_default_sources"]["head_warmup_steps"] == \
         "set: --head_warmup_steps"
-    # Left to the checkpoint, a headless run trains MoCo only (nothing to warm
-    # up); with TLM asked for, it gets the warm-up instead.
-    moco = AlignmentRun(tiny_train_config(tmp_path / "moco", train_steps=0))
-    assert (moco.config.tlm_weight, moco.config.head_warmup_steps) == (0.0, 0)
-    warm = AlignmentRun(tiny_train_config(tmp_path / "warm", train_steps=0, tlm_weight=1.0))
-    assert warm.config.head_warmup_steps == 200
+    # Left to the checkpoint, a headless run gets the grid's choice: TLM with
+    # in-batch negatives after a 50-step head warm-up.
+    warm = AlignmentRun(tiny_train_config(tmp_path / "warm", train_steps=0))
+    assert (warm.config.tlm_weight, warm.config.contrastive_negatives,
+            warm.config.head_warmup_steps) == (1.0, "in_batch", 50)
 
 
 # === The head warm-up, measured ===
@@ -304,7 +308,7 @@ def test_configs_parse_to_valid_settings(flagfile):
         # The recipe leaves what depends on the checkpoint to the checkpoint.
         assert all(values[name] is None for name in config_lib.CHECKPOINT_DEFAULTS)
         assert values["corpus"] == "../shared/data/parallel" and values["alignment_check"]
-        assert values["contrastive_negatives"] == "queue"
     else:  # The demo pins its own values.
         assert values["head_warmup_steps"] == 50 and values["queue_size"] == 4096
-        assert values["tlm_weight"] == 1.0  # both objectives, shown at work
+        # The paper's two objectives, shown at work.
+        assert (values["tlm_weight"], values["contrastive_negatives"]) == (1.0, "queue")

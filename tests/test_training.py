@@ -147,8 +147,8 @@ def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
     # Defaults that depend on the checkpoint say so, with both values.
     assert "--temperature (default: by checkpoint: 0.07 with an MLM head, 0.05 without)" \
         in result.stdout
-    assert "--tlm_weight (default: by checkpoint: 1.0 with an MLM head, 0.0 without)" \
-        in result.stdout
+    assert "--contrastive_negatives (default: by checkpoint: 'queue' with an MLM head, " \
+        "'in_batch' without)" in result.stdout
     assert "\n  --tlm_weight " in result.stdout and "\n  --contrastive_negatives " in result.stdout
     assert not (tmp_path / "run").exists()
 

@@ -48,19 +48,23 @@ class CheckpointDefault:
 
 
 # What issue 14's grid chose for e5-small (docs/results/grid_choose, RESULTS.md):
-# the choose half of the test rows; the other half confirms it.
+# on the choose half of the test rows, the row with the best mean difference
+# over NLI and POS; the other half confirms it.
 GRID = "issue 14's grid on e5-small (RESULTS.md, 'The recipe grid')"
 GRID_UNVARIED = f"used by every row of {GRID}, not varied there"
 
 CHECKPOINT_DEFAULTS = {
-    # First: the head warm-up's default depends on it.
+    # Resolved in this order: the warm-up's default follows tlm_weight, the
+    # queue's and momentum's notes follow contrastive_negatives.
     "tlm_weight": CheckpointDefault(
         1.0, "Pan et al. 2021: TLM and MoCo together",
-        0.0, f"{GRID}: MoCo alone beat TLM + MoCo on every task, with the MLM head "
-             "new and barely trained"),
+        1.0, f"{GRID}: its chosen row (TLM + in-batch negatives) keeps TLM"),
+    "contrastive_negatives": CheckpointDefault(
+        "queue", "Pan et al. 2021: MoCo's queue and momentum encoder",
+        "in_batch", f"{GRID}: the chosen row"),
     "head_warmup_steps": CheckpointDefault(
         0, "the checkpoint's MLM head is trained already (Pan et al. 2021 start from mBERT's)",
-        200, f"checkpoint without an MLM head, with --tlm_weight > 0: {GRID}"),
+        50, f"checkpoint without an MLM head: {GRID_UNVARIED} with TLM"),
     "queue_size": CheckpointDefault(65536, _MOCO, 4096, GRID_UNVARIED),
     "momentum": CheckpointDefault(0.999, _MOCO, 0.99, GRID_UNVARIED),
     "temperature": CheckpointDefault(0.07, _MOCO, 0.05, GRID_UNVARIED),
@@ -99,7 +103,7 @@ class TrainConfig:
     temperature: float = None  # by checkpoint
     contrastive_weight: float = 1.0
     tlm_weight: float = None  # by checkpoint
-    contrastive_negatives: str = "queue"
+    contrastive_negatives: str = None  # by checkpoint
     representation_layer: int = -1
     pooling: str = "cls"
     projection_dim: int = 0
@@ -126,7 +130,9 @@ class TrainConfig:
     def __post_init__(self):
         problems = [
             f"--{name}={getattr(self, name)!r} is not one of {choices}"
-            for name, choices in CHOICES.items() if getattr(self, name) not in choices
+            for name, choices in CHOICES.items()
+            if getattr(self, name) not in choices
+            and not (getattr(self, name) is None and name in CHECKPOINT_DEFAULTS)
         ]
         if self.global_batch_size < 1:
             problems.append("--global_batch_size must be >= 1")
@@ -192,8 +198,9 @@ class TrainConfig:
                 value, source = 1.0, "--contrastive_weight=0: TLM is the only objective"
             if name == "head_warmup_steps" and values.get("tlm_weight", self.tlm_weight) == 0:
                 value, source = 0, "--tlm_weight=0: no TLM, no MLM head to warm up"
-            if name in ("queue_size", "momentum") and self.contrastive_negatives != "queue":
-                source += f" (unused with --contrastive_negatives={self.contrastive_negatives})"
+            negatives = values.get("contrastive_negatives", self.contrastive_negatives)
+            if name in ("queue_size", "momentum") and negatives != "queue":
+                source += f" (unused with --contrastive_negatives={negatives})"
             values[name], sources[name] = value, source
         return dataclasses.replace(self, **values), sources
 
@@ -272,11 +279,12 @@ HELP = {
     "contrastive_weight": "Weight of the contrastive (sentence-level) loss; 0 = TLM only "
                           "(nothing of it is computed).",
     "tlm_weight": "Weight of the TLM (word-level) loss; 0 = contrastive only (the MLM head "
-                  "is not run). By checkpoint: 1 with a trained MLM head (the paper), 0 "
-                  "without one (issue 14's grid on e5-small).",
+                  "is not run).",
     "contrastive_negatives": "queue: MoCo (momentum key encoder, a queue of past keys; the "
                              "paper's). in_batch: symmetric InfoNCE over the global batch, both "
-                             "sides through the trained encoder, no queue or key encoder.",
+                             "sides through the trained encoder, no queue or key encoder. By "
+                             "checkpoint: queue with an MLM head (the paper), in_batch without "
+                             "(issue 14's grid on e5-small).",
     "representation_layer": "Encoder layer for the sentence representation (-1 = last).",
     "pooling": "Sentence representation: [CLS] or mean.",
     "projection_dim": "Linear projection before the MoCo loss (0 = none).",
