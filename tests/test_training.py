@@ -128,7 +128,8 @@ def test_mismatched_line_counts_name_both_files(tmp_path):
 
 
 def test_invalid_flags_are_reported_together(tmp_path):
-    result = _train(["--queue_size=4", "--global_batch_size=8", "--temperature=0"], tmp_path)
+    result = _train(["--contrastive_negatives=queue", "--queue_size=4", "--global_batch_size=8",
+                     "--temperature=0"], tmp_path)
     assert result.returncode == 2
     assert "--queue_size=4 must hold" in result.stderr and "--temperature" in result.stderr
 
