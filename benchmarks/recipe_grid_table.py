@@ -25,6 +25,7 @@ import sys
 
 from absl import app, flags
 
+from tf_mbalign.tasks.suite_report import interval_cell
 from tf_mbalign.training.metrics_sinks import read_metrics
 from tf_mbalign.training.training_curves import TRAINING_CURVES_PNG, plot_training_curves
 
@@ -79,7 +80,8 @@ def _flag_value(value):
 
 
 def task_cells(suite, table_name):
-    """(unaligned, aligned, difference, English aligned, English unaligned) of a task."""
+    """A task's non-English averages (unaligned, aligned, difference), its
+    English cells [unaligned, aligned] and the languages that got worse."""
     table = suite["tables"][table_name]
     unaligned, aligned = (encoder["non_english_average"] for encoder in table["encoders"])
     english = [encoder["languages"].get("en") for encoder in table["encoders"]]
@@ -107,24 +109,13 @@ def row_record(row, reference_flags):
         "tasks": {name: task_cells(row["suite"], name) for name, _ in TASKS
                   if name in row["suite"]["tables"]},
         "suite_wall_seconds": row["suite"]["wall_seconds"],
-        "criterion": criterion(row["suite"]),
     }
 
 
-def criterion(suite):
+def criterion(tasks):
     """Mean difference (points) over `CRITERION_TASKS`' non-English averages."""
-    tables = suite["tables"]
-    return round(100 * sum(tables[name]["difference"]["non_english_average"]["mean"]
+    return round(100 * sum(tasks[name]["difference"]["mean"]
                            for name in CRITERION_TASKS) / len(CRITERION_TASKS), 2)
-
-
-def _points(interval):
-    return f"{100 * interval['mean']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
-
-
-def _signed(interval):
-    return (f"{100 * interval['mean']:+.1f} [{100 * interval['low']:+.1f}, "
-            f"{100 * interval['high']:+.1f}]")
 
 
 def markdown(records):
@@ -139,12 +130,12 @@ def markdown(records):
         base = [first["tasks"][name]["unaligned"] for name, _ in TASKS if name in first["tasks"]]
         english = [first["tasks"][name]["english"][0] for name in ("nli", "pos")]
         lines.append("| unaligned | e5-small as published | 0 | 0 | — | "
-                     + " | ".join(f"{_points(cell)} (level)" for cell in base) + " | 0 | "
+                     + " | ".join(f"{interval_cell(cell)} (level)" for cell in base) + " | 0 | "
                      + " | ".join(f"{100 * e['mean']:.1f}" for e in english) + " | — |")
     for record in records:
         margin = record["alignment_check_margin"]
-        cells = [_signed(record["tasks"][name]["difference"]) for name, _ in TASKS
-                 if name in record["tasks"]]
+        cells = [interval_cell(record["tasks"][name]["difference"], signed=True)
+                 for name, _ in TASKS if name in record["tasks"]]
         english = [record["tasks"][name]["english"][1] for name in ("nli", "pos")]
         worse = [f"{name}: {', '.join(cell['worse'])}" for name, cell in record["tasks"].items()
                  if cell["worse"]]
@@ -199,6 +190,8 @@ def main(argv):
         return 1
     reference = next((r["flags"] for r in rows if r["row"] == _REFERENCE.value), rows[0]["flags"])
     records = [row_record(row, reference) for row in rows]
+    for record in records:
+        record["criterion"] = criterion(record["tasks"])
     for name in (row["row"] for row in rows):
         training = os.path.join(_GRID_DIR.value, name, "training")
         plot_training_curves(read_metrics(training), os.path.join(training, TRAINING_CURVES_PNG),

@@ -80,7 +80,8 @@ def write_suite_report(results, labels, config, log=print):
 
 # === Markdown ===
 
-def _cell(interval, signed=False):
+def interval_cell(interval, signed=False):
+    """`mean [low, high]` ×100 (signed: with + on positives); – for None."""
     if interval is None:
         return "–"
     sign = "+" if signed else ""
@@ -100,12 +101,13 @@ def markdown_table(name, table, labels):
         title = dict(AGGREGATES).get(key)
         if title is not None and table["encoders"][0][key] is None:
             continue
-        cells = [_cell(e[key] if title else e["languages"].get(key)) for e in table["encoders"]]
+        cells = [interval_cell(e[key] if title else e["languages"].get(key))
+                 for e in table["encoders"]]
         if "difference" in table:
             difference = table["difference"][key] if title else table["difference"][
                 "languages"].get(key)
             moved = difference is not None and (difference["low"] > 0 or difference["high"] < 0)
-            cells.append(_cell(difference, signed=True) + (" *" if moved else ""))
+            cells.append(interval_cell(difference, signed=True) + (" *" if moved else ""))
         lines.append("| " + " | ".join([f"**{title}**" if title else key, *cells]) + " |")
     if "difference" in table:
         lines += ["", "moved beyond the interval (*): "
@@ -123,10 +125,10 @@ def overview_table(tables, labels):
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, table in tables.items():
         encoders = table["encoders"]
-        cells = [_cell(e["non_english_average"]) for e in encoders]
-        cells += [_cell(e["transfer_gap"]) for e in encoders]
+        cells = [interval_cell(e["non_english_average"]) for e in encoders]
+        cells += [interval_cell(e["transfer_gap"]) for e in encoders]
         if "difference" in table:
-            cells += [_cell(table["difference"][key], signed=True)
+            cells += [interval_cell(table["difference"][key], signed=True)
                       for key in ("non_english_average", "transfer_gap")]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines) + "\n"

@@ -73,13 +73,14 @@ class RunSummary(TrainingCallback):
     def on_run_stop(self, run, outcome, error=None):
         if not run.chief:
             return
+        records = read_metrics(run.config.model_dir)
         self.summary = build_summary(run, outcome, error, self.start_step,
-                                     since=self.created)
-        self.summary["curves"] = draw_curves(run.config.model_dir, run.bundle.source)
+                                     since=self.created, records=records)
+        self.summary["curves"] = draw_curves(run.config.model_dir, run.bundle.source, records)
         write_summary(run.config.model_dir, self.summary)
 
 
-def build_summary(run, outcome, error, start_step, since):
+def build_summary(run, outcome, error, start_step, since, records=None):
     """The summary dict of `run` (an `AlignmentRun`) at a stop.
 
     Args:
@@ -89,10 +90,11 @@ def build_summary(run, outcome, error, start_step, since):
             before starting).
         since: the session's start (`time.time()`); exports older than it
             are not this session's.
+        records: model_dir's metrics.jsonl records (read here when None).
     """
     config = run.config
     step = int(run.step.numpy())
-    records = read_metrics(config.model_dir)
+    records = read_metrics(config.model_dir) if records is None else records
     export = export_paths(config.model_dir, since) if outcome == "finished" else {}
     return {
         "outcome": outcome,
@@ -115,11 +117,12 @@ def build_summary(run, outcome, error, start_step, since):
     }
 
 
-def draw_curves(model_dir, encoder):
-    """`training_curves.png` in model_dir from its metrics.jsonl: the file's
-    name, or None (nothing logged yet, or the drawing failed: said why)."""
+def draw_curves(model_dir, encoder, records):
+    """`training_curves.png` in model_dir from its metrics.jsonl `records`:
+    the file's name, or None (nothing logged yet, or the drawing failed:
+    said why)."""
     try:
-        drawn = plot_training_curves(read_metrics(model_dir),
+        drawn = plot_training_curves(records,
                                      os.path.join(model_dir, TRAINING_CURVES_PNG),
                                      title=f"{model_dir} ({encoder})")
     except Exception as error:  # noqa: BLE001 - a picture never fails a run
