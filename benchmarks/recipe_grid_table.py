@@ -192,10 +192,11 @@ def main(argv):
     records = [row_record(row, reference) for row in rows]
     for record in records:
         record["criterion"] = criterion(record["tasks"])
-    for name in (row["row"] for row in rows):
-        training = os.path.join(_GRID_DIR.value, name, "training")
+    for row in rows:
+        training = os.path.join(_GRID_DIR.value, row["row"], "training")
         plot_training_curves(read_metrics(training), os.path.join(training, TRAINING_CURVES_PNG),
-                             title=f"grid row {name}")
+                             title=f"grid row {row['row']}",
+                             negatives=(row["flags"] or {}).get("contrastive_negatives"))
     with open(os.path.join(_GRID_DIR.value, "grid.json"), "w") as f:
         json.dump(records, f, indent=1)
     table = markdown(records)

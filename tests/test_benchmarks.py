@@ -244,3 +244,28 @@ def test_prepared_corpus_benchmark_pieces(tmp_path):
     block = bytearray(64 << 20)
     block[::4096] = b"x" * len(block[::4096])  # touch every page
     assert memory.stop()["above_baseline_mib"] >= 60
+
+
+def test_recipe_grid_table_regenerates_the_committed_grid(tmp_path):
+    """The grid table from the rows issue 14 committed: the same figures and
+    choice as the committed grid.json, and curves whose panel names each
+    row's negatives."""
+    import json
+    import shutil
+    import subprocess
+
+    committed = os.path.join(REPO_ROOT, "docs", "results", "grid_choose")
+    grid = tmp_path / "grid"
+    shutil.copytree(committed, grid, ignore=shutil.ignore_patterns("*.png"))
+    process = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "recipe_grid_table.py"), f"--grid_dir={grid}"],
+        capture_output=True, text=True, cwd=REPO_ROOT)
+    assert process.returncode == 0, process.stderr[-2000:]
+    with open(os.path.join(committed, "grid.json")) as f:
+        expected = json.load(f)
+    assert json.loads((grid / "grid.json").read_text()) == expected
+    chosen = max(expected, key=lambda record: record["criterion"])["row"]
+    assert f"chosen on this half: {chosen} " in process.stdout
+    for record in expected:
+        assert (grid / record["row"] / "training" / "training_curves.png").is_file()
+    assert (grid / "grid.png").is_file()

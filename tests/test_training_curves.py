@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 
-from tf_mbalign.training.training_curves import (metric_series, plot_training_curves,
-                                                 records_per_window, running_mean, warmup_end)
+import warnings
+
+from tf_mbalign.training.training_curves import (metric_series, panel_headings,
+                                                 plot_training_curves, records_per_window,
+                                                 running_mean, warmup_end)
 
 
 def _records(warmup=3, encoder=5):
@@ -51,3 +54,20 @@ def test_plot_writes_a_png_and_declines_without_records(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_training_curves([], str(tmp_path / "none.png")) is False
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_contrastive_panel_names_the_negatives():
+    assert "queue" in panel_headings("queue")[-1]
+    assert "MoCo" in panel_headings("queue")[-1]
+    assert "in-batch" in panel_headings("in_batch")[-1]
+    assert "MoCo" not in panel_headings("in_batch")[-1]
+    assert panel_headings(None)[:2] == panel_headings("queue")[:2]
+
+
+def test_a_run_without_contrastive_values_draws_without_legend_warnings(tmp_path):
+    # e.g. --contrastive_weight=0 with nothing logged for the contrastive panel.
+    records = [{key: value for key, value in record.items() if not key.startswith("moco")}
+               for record in _records(warmup=0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot_training_curves(records, str(tmp_path / "c.png"), negatives="in_batch")

@@ -76,7 +76,8 @@ class RunSummary(TrainingCallback):
         records = read_metrics(run.config.model_dir)
         self.summary = build_summary(run, outcome, error, self.start_step,
                                      since=self.created, records=records)
-        self.summary["curves"] = draw_curves(run.config.model_dir, run.bundle.source, records)
+        self.summary["curves"] = draw_curves(run.config.model_dir, run.bundle.source, records,
+                                             run.config.contrastive_negatives)
         write_summary(run.config.model_dir, self.summary)
 
 
@@ -117,14 +118,14 @@ def build_summary(run, outcome, error, start_step, since, records=None):
     }
 
 
-def draw_curves(model_dir, encoder, records):
-    """`training_curves.png` in model_dir from its metrics.jsonl `records`:
-    the file's name, or None (nothing logged yet, or the drawing failed:
-    said why)."""
+def draw_curves(model_dir, encoder, records, negatives=None):
+    """`training_curves.png` in model_dir from its metrics.jsonl `records`
+    (`negatives`: the run's `--contrastive_negatives`): the file's name, or
+    None (nothing logged yet, or the drawing failed: said why)."""
     try:
         drawn = plot_training_curves(records,
                                      os.path.join(model_dir, TRAINING_CURVES_PNG),
-                                     title=f"{model_dir} ({encoder})")
+                                     title=f"{model_dir} ({encoder})", negatives=negatives)
     except Exception as error:  # noqa: BLE001 - a picture never fails a run
         print(f"warning: {TRAINING_CURVES_PNG} not drawn: {error}", flush=True)
         return None

@@ -2,8 +2,11 @@
 
 `RunSummary` draws it at every stop from `metrics.jsonl` (so a resumed run's
 picture covers every session). Three panels share the step axis: the losses
-(total, TLM, MoCo), TLM accuracy on the masked tokens and MoCo accuracy (the
-positive key ranked first among the negatives); the head warm-up is shaded.
+(total, TLM, contrastive), TLM accuracy on the masked tokens and the
+contrastive accuracy (the positive key ranked first among the negatives:
+MoCo's queue or the batch's other sentences, as the panel says; the metrics
+keep the names `moco_loss` / `moco_accuracy` either way); the head warm-up is
+shaded.
 Raw per-step values are drawn faintly, their running mean over `window`
 steps on top.
 """
@@ -13,7 +16,17 @@ import numpy as np
 TRAINING_CURVES_PNG = "training_curves.png"
 PANELS = (("losses", ("loss", "tlm_loss", "moco_loss")),
           ("TLM accuracy", ("tlm_accuracy",)),
-          ("MoCo accuracy", ("moco_accuracy",)))
+          ("contrastive accuracy", ("moco_accuracy",)))
+NEGATIVES_LABELS = {"queue": "MoCo accuracy\n(queue negatives)",
+                    "in_batch": "contrastive accuracy\n(in-batch negatives)"}
+
+
+def panel_headings(negatives=None):
+    """The panels' y-axis labels; the contrastive one names `negatives`
+    (`--contrastive_negatives`) when known."""
+    headings = [heading for heading, _ in PANELS]
+    headings[-1] = NEGATIVES_LABELS.get(negatives, headings[-1])
+    return headings
 
 
 def metric_series(records, name):
@@ -50,9 +63,10 @@ def warmup_end(records):
     return max((r["step"] for r in records if r.get("phase") == "head_warmup"), default=0)
 
 
-def plot_training_curves(records, path, title="", window=20):
+def plot_training_curves(records, path, title="", window=20, negatives=None):
     """Draws the curves of `records` (metrics.jsonl) to `path`; False when
-    there is nothing to draw."""
+    there is nothing to draw. `negatives` (`queue` / `in_batch`) names the
+    contrastive panel."""
     if not records:
         return False
     import matplotlib
@@ -62,7 +76,7 @@ def plot_training_curves(records, path, title="", window=20):
 
     figure, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.6 * len(PANELS)), sharex=True)
     last_warmup = warmup_end(records)
-    for axis, (heading, names) in zip(axes, PANELS):
+    for axis, heading, (_, names) in zip(axes, panel_headings(negatives), PANELS):
         for colour, name in enumerate(names):
             steps, values = metric_series(records, name)
             if len(steps):
@@ -72,7 +86,8 @@ def plot_training_curves(records, path, title="", window=20):
         if last_warmup:
             axis.axvspan(0, last_warmup, color="grey", alpha=0.12, label="head warm-up")
         axis.set_ylabel(heading)
-        axis.legend(fontsize=8, loc="best")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8, loc="best")
     axes[-1].set_xlabel(f"step (lines: running mean over {window} steps)")
     if title:
         figure.suptitle(title, fontsize=10)
