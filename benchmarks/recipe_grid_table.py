@@ -118,9 +118,10 @@ def criterion(tasks):
                            for name in CRITERION_TASKS) / len(CRITERION_TASKS), 2)
 
 
-def markdown(records):
-    """The grid as a Markdown table: one line per row, unaligned first."""
-    heads = ["row", "flags (vs tlm_moco)", "steps (warm-up + encoder)", "alignment wall time",
+def markdown(records, reference="tlm_moco"):
+    """The grid as a Markdown table: one line per row, unaligned first; flags
+    shown against the `reference` row."""
+    heads = ["row", f"flags (vs {reference})", "steps (warm-up + encoder)", "alignment wall time",
              "check margin before → after"]
     heads += [f"{title} Δ [95%]" for _, title in TASKS] + [
         "mean Δ NLI, POS (the choice)", "NLI en", "POS en", "languages worse (beyond interval)"]
@@ -199,7 +200,7 @@ def main(argv):
                              negatives=(row["flags"] or {}).get("contrastive_negatives"))
     with open(os.path.join(_GRID_DIR.value, "grid.json"), "w") as f:
         json.dump(records, f, indent=1)
-    table = markdown(records)
+    table = markdown(records, _REFERENCE.value)
     with open(os.path.join(_GRID_DIR.value, "grid.md"), "w") as f:
         f.write(table)
     plot(records, os.path.join(_GRID_DIR.value, "grid.png"))
