@@ -248,8 +248,8 @@ def test_prepared_corpus_benchmark_pieces(tmp_path):
 
 def test_recipe_grid_table_regenerates_the_committed_grid(tmp_path):
     """The grid table from the rows issue 14 committed: the same figures and
-    choice as the committed grid.json, and curves whose panel names each
-    row's negatives."""
+    choice as the committed grid.json, and each row's curves and the grid
+    plot drawn."""
     import json
     import shutil
     import subprocess

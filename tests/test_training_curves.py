@@ -1,9 +1,9 @@
 """training_curves: the series, the running mean and the picture of metrics.jsonl records."""
 
+import warnings
+
 import numpy as np
 import pytest
-
-import warnings
 
 from tf_mbalign.training.training_curves import (metric_series, panel_headings,
                                                  plot_training_curves, records_per_window,
