@@ -7,6 +7,8 @@ from `benchmarks/train_step.py --profile_dir DIR`) and prints, for each:
   variable updates (AdamW, the EMA, the queue write), softmax / cross-entropy,
   reductions, element-wise, variable reads, other; their summed self time
   and share;
+- the top op types (`Mul`, `Erf`, `Cast`, ...) by self time, with their kind
+  and event count: where the element-wise time goes;
 - the top ops (by name, e.g. `.../mlm_head_1/Cast:Cast`) by self time.
 
 Self time of an op event = its duration minus the op events nested inside
@@ -137,9 +139,13 @@ def summarize(paths, steps=1, top=25):
     total = sum(r[2] for r in rows) or 1
     kinds = collections.Counter()
     ops = collections.Counter()
+    types = collections.Counter()
+    type_events = collections.Counter()
     op_kinds = {}
     for name, op_type, self_ps in rows:
         kinds[kind_of(op_type)] += self_ps
+        types[op_type] += self_ps
+        type_events[op_type] += 1
         ops[f"{name}:{op_type}"] += self_ps
         op_kinds[f"{name}:{op_type}"] = kind_of(op_type)
 
@@ -151,6 +157,9 @@ def summarize(paths, steps=1, top=25):
         "self_ms_per_step": ms(total),
         "kinds": [{"kind": k, "self_ms_per_step": ms(v), "share": v / total}
                   for k, v in kinds.most_common()],
+        "top_op_types": [{"op_type": t, "kind": kind_of(t), "events_per_step": type_events[t] / steps,
+                          "self_ms_per_step": ms(v), "share": v / total}
+                         for t, v in types.most_common(top)],
         "top_ops": [{"op": k, "kind": op_kinds[k], "self_ms_per_step": ms(v), "share": v / total}
                     for k, v in ops.most_common(top)],
     }
@@ -164,6 +173,11 @@ def print_summary(name, summary):
     print(f"{'kind':<{width}}  {'ms/step':>9}  share")
     for k in summary["kinds"]:
         print(f"{k['kind']:<{width}}  {k['self_ms_per_step']:9.2f}  {k['share']:6.1%}")
+    types = summary.get("top_op_types", [])
+    print(f"top {len(types)} op types by self time:")
+    for t in types:
+        print(f"  {t['self_ms_per_step']:9.2f} ms {t['share']:6.1%}  {t['op_type']:<34} "
+              f"[{t['kind']}] {t['events_per_step']:.0f} events/step")
     print(f"top {len(summary['top_ops'])} ops by self time:")
     for op in summary["top_ops"]:
         print(f"  {op['self_ms_per_step']:9.2f} ms {op['share']:6.1%}  [{op['kind']}] "

@@ -156,6 +156,15 @@ def test_profile_of_a_step_summarized_by_kind(common, tiny_step, tmp_path):
     assert kinds["matmul"] > 0 and kinds["optimizer / variable updates"] > 0
     assert abs(sum(k["share"] for k in summary["kinds"]) - 1) < 1e-9
     assert len(summary["top_ops"]) == 5
+    # Op types: each one's time is its ops' summed time, within its kind's.
+    types = {t["op_type"]: t for t in summary["top_op_types"]}
+    assert len(types) == 5 and all(t["events_per_step"] >= 1 for t in types.values())
+    for op in summary["top_ops"]:
+        op_type = op["op"].rsplit(":", 1)[1]
+        if op_type in types:
+            assert types[op_type]["self_ms_per_step"] >= op["self_ms_per_step"] * (1 - 1e-9)
+    for t in types.values():
+        assert t["self_ms_per_step"] <= kinds[t["kind"]] * (1 + 1e-9)
 
 
 def test_self_time_subtracts_nested_ops():
@@ -269,3 +278,36 @@ def test_recipe_grid_table_regenerates_the_committed_grid(tmp_path):
     for record in expected:
         assert (grid / record["row"] / "training" / "training_curves.png").is_file()
     assert (grid / "grid.png").is_file()
+
+
+def test_compare_commits_alternates_the_two_checkouts_and_removes_its_worktree(tmp_path,
+                                                                              monkeypatch):
+    import subprocess
+
+    import compare_commits
+
+    if not os.path.exists(os.path.join(REPO_ROOT, ".git")):
+        pytest.skip("the checkout is not a git repository: no worktree of a commit to make")
+    # Each side's "benchmark" reports its own step times: the base 2 s a
+    # step, this tree 1.5 s in even rounds and 3 s in odd ones.
+    calls = []
+
+    def fake_run_side(checkout, step_args, json_path, log_path):
+        side = "this" if checkout == compare_commits.REPO_ROOT else "base"
+        calls.append(side)
+        round_index = sum(1 for c in calls if c == side) - 1
+        seconds = [2.0, 2.0] if side == "base" else [[1.5, 1.5], [3.0, 3.0]][round_index % 2]
+        return {"machine": {"cpu": "test"}, "rows": [
+            {"shape": "tiny", "precision": "float32", "xla": False,
+             "ours": {"all_s": seconds}}]}
+
+    monkeypatch.setattr(compare_commits, "run_side", fake_run_side)
+    report = compare_commits.main(["--base", "HEAD", "--rounds", "3", "--json",
+                                   str(tmp_path / "ab.json"), "--", "--shapes", "tiny"])
+    assert calls == ["base", "this", "this", "base", "base", "this"]  # alternating order
+    row = report["summary"]["tiny/float32/xla=False"]
+    assert row["round_ratios"] == [0.75, 1.5, 0.75] and row["median_ratio"] == 0.75
+    assert os.path.exists(tmp_path / "ab.json")
+    worktrees = subprocess.run(["git", "-C", REPO_ROOT, "worktree", "list"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "compare_commits_" not in worktrees

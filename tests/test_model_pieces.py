@@ -93,6 +93,33 @@ def test_fused_adamw_takes_keras_adamw_steps(sparse):
 
 
 
+def _op_types(function, *args):
+    graph = function.get_concrete_function(*args).graph
+    types = [op.type for op in graph.get_operations()]
+    for f in graph._functions.values():  # the bodies of nested functions (merge calls, ...)
+        types += [node.op for node in f.definition.node_def]
+    return types
+
+
+def test_fused_adamw_decays_in_one_pass_and_updates_in_one_kernel():
+    """The decay is a product the variable adopts (`AssignVariableOp`), not
+    Keras' product + `AssignSubVariableOp` pass; the update is one
+    `ResourceApplyAdam` a variable."""
+    kernel = tf.Variable(np.ones((4, 3), np.float32), name="kernel")
+    bias = tf.Variable(np.ones((3,), np.float32), name="bias")
+    optimizer = optimization.create_optimizer(1e-3, 10, weight_decay=0.1)
+    optimizer.build([kernel, bias])
+
+    @tf.function
+    def step(g_kernel, g_bias):
+        optimizer.apply_gradients([(g_kernel, kernel), (g_bias, bias)])
+
+    types = _op_types(step, tf.zeros((4, 3)), tf.zeros((3,)))
+    assert types.count("ResourceApplyAdam") == 2
+    assert "AssignSubVariableOp" not in types
+    assert types.count("AssignVariableOp") >= 1  # the kernel's decay (the bias has none)
+
+
 def test_aligner_config_round_trips():
     from tf_mbalign.modeling import encoders
     from tf_mbalign.modeling.aligner import Aligner

@@ -22,6 +22,28 @@ def test_momentum_update_formula():
     np.testing.assert_array_equal(queries[0].numpy(), np.full((2, 3), 2.0))
 
 
+def test_momentum_update_is_one_fused_kernel_per_variable_and_skips_when_told():
+    keys = [tf.Variable(np.full((2, 3), 4.0, np.float32)), tf.Variable(np.float32(-1.0))]
+    queries = [tf.Variable(np.full((2, 3), 2.0, np.float32)), tf.Variable(np.float32(3.0))]
+
+    @tf.function
+    def update(apply):
+        moco.momentum_update(keys, queries, 0.9, apply=apply)
+
+    graph = update.get_concrete_function(tf.constant(True)).graph
+    types = [op.type for op in graph.get_operations()]
+    for f in graph._functions.values():
+        types += [node.op for node in f.definition.node_def]
+    # key -= (1 - m) * (key - query) as one kernel, not a product and a subtraction pass.
+    assert types.count("ResourceApplyGradientDescent") == 2
+    assert "AssignSubVariableOp" not in types
+    update(tf.constant(False))
+    np.testing.assert_array_equal(keys[0].numpy(), np.full((2, 3), 4.0))
+    update(tf.constant(True))
+    np.testing.assert_allclose(keys[0].numpy(), 0.9 * 4.0 + 0.1 * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(keys[1].numpy(), 0.9 * -1.0 + 0.1 * 3.0, rtol=1e-6)
+
+
 def test_queue_is_fifo_and_wraps_around():
     queue = moco.KeyQueue(queue_size=5, dim=1)
     assert not queue.valid_mask().numpy().any()

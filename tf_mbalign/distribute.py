@@ -140,7 +140,10 @@ def native_bfloat16(strategy=None):
 
 
 def resolve_precision(requested, strategy=None):
-    """(policy, reason): `requested` itself, or what `auto` chooses here."""
+    """(policy, reason): `requested` itself, or what `auto` chooses here.
+
+    An explicit choice is kept whatever the hardware;
+    `emulated_precision_warning` says when the hardware emulates it."""
     if requested != "auto":
         if requested not in PRECISIONS:
             raise ValueError(f"--precision must be one of {PRECISION_CHOICES}, got {requested!r}")
@@ -150,3 +153,21 @@ def resolve_precision(requested, strategy=None):
         return "mixed_bfloat16", f"auto: {reason} multiplies bfloat16 natively"
     return "float32", f"auto: {reason}"
 
+
+
+def emulated_precision_warning(policy, strategy=None):
+    """A warning when `policy` is a mixed policy this hardware emulates
+    (bf16 on a CPU without AMX / AVX512-BF16 or a GPU before sm_80; float16
+    with no GPU), else None. Emulated half precision computes the same
+    numbers more slowly than float32."""
+    if policy == "mixed_bfloat16":
+        native, reason = native_bfloat16(strategy)
+        if native:
+            return None
+        return (f"--precision=mixed_bfloat16 on a {reason}: bfloat16 is emulated here, slower "
+                "than float32; --precision=auto (or float32) computes faster on this machine")
+    if policy == "mixed_float16" and not isinstance(strategy, tf.distribute.TPUStrategy) \
+            and not _gpu_compute_capabilities():
+        return ("--precision=mixed_float16 with no GPU: float16 is emulated on CPUs, slower "
+                "than float32; --precision=auto (or float32) computes faster on this machine")
+    return None

@@ -207,7 +207,7 @@ class Aligner(keras.Model):
             x = projection(x)
         return l2_normalized(x)
 
-    def tlm_logits(self, batch, training=False):
+    def tlm_logits(self, batch, training=False, decoder_table=None):
         outputs = self.encoder(
             {
                 "token_ids": batch["tlm_token_ids"],
@@ -216,15 +216,26 @@ class Aligner(keras.Model):
             },
             training=training,
         )
-        logits = self.mlm_head(outputs["sequence_output"], mask_positions=batch["masked_positions"])
+        head_arguments = {} if decoder_table is None else {"decoder_table": decoder_table}
+        logits = self.mlm_head(outputs["sequence_output"], mask_positions=batch["masked_positions"],
+                               **head_arguments)
         return tf.cast(logits, tf.float32)
+
+    def tied_table(self):
+        """The token-embedding variable the MLM head decodes with, where the
+        head takes it as a tensor (`TiedMaskedLMHead.decodes_with_table`),
+        else None."""
+        head = self.mlm_head
+        if isinstance(head, TiedMaskedLMHead) and head.decodes_with_table():
+            return head.token_embedding.embeddings
+        return None
 
     def call(self, inputs, training=False):
         return self.embed(inputs["token_ids"], inputs["padding_mask"], training=training)
 
     # === Losses ===
 
-    def compute_losses(self, batch, keys=None, training=True):
+    def compute_losses(self, batch, keys=None, training=True, decoder_table=None):
         """The loss terms of one replica's batch, each divided by its global count.
 
         Args:
@@ -233,6 +244,9 @@ class Aligner(keras.Model):
                 positives; `momentum_keys`); None with in-batch negatives or
                 when the contrastive loss is off.
             training: dropout on or off.
+            decoder_table: optional tensor of `tied_table()`'s value for the
+                MLM head to decode with (the alignment step's separate
+                gradient of the decoder; `AlignmentStep`).
 
         Returns:
             (losses, partial_sums): `losses` holds `loss`, `tlm_loss` and
@@ -241,7 +255,8 @@ class Aligner(keras.Model):
             sums (`record_metrics`).
         """
         zero = tf.constant(0.0, tf.float32)
-        tlm_loss, tlm_sums = self.tlm_terms(batch, training) if self.uses_tlm else (zero, {})
+        tlm_loss, tlm_sums = (self.tlm_terms(batch, training, decoder_table) if self.uses_tlm
+                              else (zero, {}))
         moco_loss, moco_sums = (self.contrastive_terms(batch, keys, training)
                                 if self.uses_contrastive else (zero, {}))
         losses = {
@@ -251,11 +266,11 @@ class Aligner(keras.Model):
         }
         return losses, {**tlm_sums, **moco_sums}
 
-    def tlm_terms(self, batch, training=True):
+    def tlm_terms(self, batch, training=True, decoder_table=None):
         """(tlm_loss, partial sums): masked-token cross-entropy over the
         global batch's masked tokens (word level)."""
         context = tf.distribute.get_replica_context()
-        logits = self.tlm_logits(batch, training=training)
+        logits = self.tlm_logits(batch, training=training, decoder_table=decoder_table)
         weights = tf.cast(batch["masked_weights"], tf.float32)
         token_losses = keras.losses.sparse_categorical_crossentropy(
             batch["masked_ids"], logits, from_logits=True

@@ -47,20 +47,25 @@ class TiedMaskedLMHead(keras_hub.layers.MaskedLMHead):
     ```
     """
 
-    def _decodes_with_plain_table(self):
+    def decodes_with_table(self):
+        """Does `call` decode with the plain tied table (not keras-hub's path)?"""
         embedding = self.token_embedding
         return (embedding is not None and getattr(embedding, "tie_weights", True)
                 and not getattr(embedding, "lora_enabled", False)
                 and getattr(embedding, "quantization_mode", None) is None)
 
-    def call(self, inputs, mask_positions):
-        if not self._decodes_with_plain_table():
+    def call(self, inputs, mask_positions, decoder_table=None):
+        """`decoder_table`: optional tensor to decode with instead of reading
+        the tied table (`Aligner.decoder_table`: the alignment step takes its
+        gradient apart from the lookups'); only where `decodes_with_table`."""
+        if not self.decodes_with_table():
             return super().call(inputs, mask_positions)
         # The masked positions' states: a batched gather (keras-hub's
         # `take_along_axis` transposes the states and its gradient to gather).
         x = tf.gather(inputs, tf.cast(mask_positions, tf.int32), batch_dims=1)
         x = self._intermediate_layer_norm(self._intermediate_dense(x))
-        logits = tied_decoder_logits(x, self.token_embedding.embeddings, self.compute_dtype)
+        table = self.token_embedding.embeddings if decoder_table is None else decoder_table
+        logits = tied_decoder_logits(x, table, self.compute_dtype)
         logits = logits + ops.cast(self._bias, "float32")
         if self.activation is not None:
             logits = self.activation(logits)

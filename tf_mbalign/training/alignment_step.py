@@ -47,15 +47,20 @@ class AlignmentStep:
         loss_transform: optional `fn(loss, global_step) -> loss` applied
             before the gradients are taken (the trainer's fault-injection
             test hook); None in normal training.
+        separate_decoder_gradient: take the tied MLM decoder's gradient of
+            the token table apart from the embedding lookups' and add the
+            two in place (`decoder_table`); False: the tape adds them (the
+            same values; kept for tests and comparison).
     """
 
     def __init__(self, aligner, optimizer, head_optimizer, max_gradient_norm=1.0,
-                 loss_transform=None):
+                 loss_transform=None, separate_decoder_gradient=True):
         self.aligner = aligner
         self.optimizer = optimizer
         self.head_optimizer = head_optimizer
         self.max_gradient_norm = max_gradient_norm
         self.loss_transform = loss_transform
+        self.separate_decoder_gradient = separate_decoder_gradient
 
     def optimizer_for(self, train_encoder):
         return self.optimizer if train_encoder else self.head_optimizer
@@ -82,14 +87,25 @@ class AlignmentStep:
         optimizer = self.optimizer_for(train_encoder)
         keys = aligner.momentum_keys(batch)
         variables = aligner.trained_variables(train_encoder)
+        decoder_table, table_index = self.decoder_table(variables)
         with tf.GradientTape() as tape:
-            losses, partial_sums = aligner.compute_losses(batch, keys, training=True)
+            if decoder_table is not None:
+                tape.watch(decoder_table)
+            losses, partial_sums = aligner.compute_losses(batch, keys, training=True,
+                                                          decoder_table=decoder_table)
             loss = losses["loss"]
             if self.loss_transform is not None:
                 loss = self.loss_transform(loss, global_step)
             scaled_loss = optimizer.scale_loss(loss)
+        if decoder_table is None:
+            gradients = tape.gradient(scaled_loss, variables)
+        else:
+            gradients = tape.gradient(scaled_loss, variables + [decoder_table])
+            decoder_gradient = gradients.pop()
+            gradients[table_index] = optimization.add_lookup_gradient(decoder_gradient,
+                                                                      gradients[table_index])
         gradients, norm = optimization.reduce_and_clip_gradients(
-            tape.gradient(scaled_loss, variables), variables, optimizer, self.max_gradient_norm)
+            gradients, variables, optimizer, self.max_gradient_norm)
         optimizer.apply_gradients(list(zip(gradients, variables)))
 
         global_loss = context.all_reduce("sum", loss) if replicas > 1 else loss
@@ -105,6 +121,29 @@ class AlignmentStep:
         return {"loss": global_loss, "loss_finite": loss_finite,
                 "gradients_finite": gradients_finite, "applied": applied,
                 "pair_ids": pair_ids}
+
+
+    def decoder_table(self, variables):
+        """(tensor, index): the tied token table read outside the tape, for
+        the MLM decoder, and the table's index in `variables`; (None, None)
+        where the table is not trained with the decoder.
+
+        The table is used three times a step: looked up by the TLM and the
+        sentence passes (sparse gradients, a few thousand rows) and
+        multiplied by the decoder (a dense [vocabulary, width] gradient).
+        Left to the tape, the lookups' gradients are each made dense and the
+        three added: for e5-small's 250k x 384 table six full passes, ~330 ms
+        of a ~9.4 s float32 step on a 2-vCPU Zen 3 (BENCHMARKS.md, issue 16).
+        Decoding with this separate read gives the decoder's gradient alone;
+        `optimization.add_lookup_gradient` scatters the lookups' rows into it.
+        """
+        table = self.aligner.tied_table() if self.separate_decoder_gradient else None
+        if table is None:
+            return None, None
+        index = next((i for i, v in enumerate(variables) if v is table), None)
+        if index is None:
+            return None, None
+        return tf.convert_to_tensor(table), index
 
 
 def build_aligner(config, bundle):

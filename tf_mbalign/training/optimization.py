@@ -61,9 +61,17 @@ class FusedAdamW(keras.optimizers.AdamW):
     class hands dense gradients to `tf.raw_ops.ResourceApplyAdam`, which
     computes the same update (m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
     var <- var - lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v) + eps)) in one
-    multithreaded pass. Variables, checkpoints and the decoupled weight decay
-    are Keras' own. Sparse gradients, `amsgrad` and TPUs (where the raw op
-    would see packed variables) use Keras' update unchanged.
+    multithreaded pass. Variables and checkpoints are Keras' own.
+
+    The decoupled weight decay (var <- var - lr wd var, before the Adam
+    update, as Keras does it) is one pass too: `var.assign(var * (1 - lr
+    wd))`, whose product the variable adopts as its buffer, instead of Keras'
+    `var.assign_sub(var * wd * lr)`, a product pass and then a subtraction
+    pass that reads both (issue 16's profile: 164 -> 55 ms a step for
+    e5-small's 250k x 384 table alone). The two differ by rounding only.
+
+    Sparse gradients, `amsgrad` and TPUs (where the raw op would see packed
+    variables) use Keras' update unchanged.
 
     Example:
     ```python
@@ -72,9 +80,25 @@ class FusedAdamW(keras.optimizers.AdamW):
     ```
     """
 
+    def _apply_weight_decay(self, variables):
+        if self.weight_decay is None or _on_tpu():
+            return super()._apply_weight_decay(variables)
+
+        def decay_all(strategy, variables):
+            def decay(variable):
+                if self._use_weight_decay(variable):
+                    rate = (tf.cast(self.learning_rate, variable.dtype)
+                            * tf.cast(self.weight_decay, variable.dtype))
+                    variable.assign(variable * (1 - rate))
+
+            for variable in variables:
+                strategy.extended.update(tf_variable(variable), decay, group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            decay_all, self._distribution_strategy, variables)
+
     def update_step(self, gradient, variable, learning_rate):
-        if (self.amsgrad or isinstance(gradient, tf.IndexedSlices)
-                or isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices) or _on_tpu():
             return super().update_step(gradient, variable, learning_rate)
         variable = tf_variable(variable)
         index = self._get_variable_index(variable)
@@ -96,6 +120,10 @@ class FusedAdamW(keras.optimizers.AdamW):
         )
 
 
+def _on_tpu():
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+
+
 def create_optimizer(learning_rate, total_steps, warmup_steps=0, weight_decay=0.01,
                      precision="float32", name="adamw"):
     """AdamW (no decay on biases and layer norms); loss scaling for float16.
@@ -115,6 +143,23 @@ def create_optimizer(learning_rate, total_steps, warmup_steps=0, weight_decay=0.
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_loss_scale")
     return optimizer
+
+
+def add_lookup_gradient(dense_gradient, lookup_gradient):
+    """`dense_gradient` + `lookup_gradient` (an embedding lookup's
+    `tf.IndexedSlices`, or a tensor, or None): the lookup's rows are added
+    into the dense gradient by one scatter, which reuses the dense buffer
+    (`TensorScatterAdd` forwards its input), instead of making the rows a
+    dense tensor and adding whole tables. Repeated rows add up."""
+    if lookup_gradient is None:
+        return dense_gradient
+    if dense_gradient is None:
+        return lookup_gradient
+    if isinstance(lookup_gradient, tf.IndexedSlices):
+        values = tf.cast(lookup_gradient.values, dense_gradient.dtype)
+        return tf.tensor_scatter_nd_add(dense_gradient,
+                                        tf.expand_dims(lookup_gradient.indices, -1), values)
+    return dense_gradient + tf.cast(lookup_gradient, dense_gradient.dtype)
 
 
 def reduce_and_clip_gradients(gradients, variables, optimizer, max_gradient_norm):

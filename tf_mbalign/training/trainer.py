@@ -179,6 +179,9 @@ class AlignmentRun:
                      f"{'resumed from ' + restored if restored else 'fresh start'} at step {start}; "
                      f"{self.strategy.num_replicas_in_sync} replica(s); "
                      f"precision {self.config.precision} ({self.precision_reason})")
+            emulated = distribute.emulated_precision_warning(self.config.precision, self.strategy)
+            if emulated:
+                self.warn(emulated)
             self._report_defaults()
         return start
 
