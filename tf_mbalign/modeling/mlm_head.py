@@ -56,7 +56,7 @@ class TiedMaskedLMHead(keras_hub.layers.MaskedLMHead):
 
     def call(self, inputs, mask_positions, decoder_table=None):
         """`decoder_table`: optional tensor to decode with instead of reading
-        the tied table (`Aligner.decoder_table`: the alignment step takes its
+        the tied table (`AlignmentStep.decoder_table`: the step takes its
         gradient apart from the lookups'); only where `decodes_with_table`."""
         if not self.decodes_with_table():
             return super().call(inputs, mask_positions)

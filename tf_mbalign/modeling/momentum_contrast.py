@@ -66,23 +66,16 @@ def momentum_update(key_variables, query_variables, momentum, apply=None):
     pairs = [(tf_variable(k), tf_variable(q)) for k, q in zip(key_variables, query_variables)]
 
     def update(strategy):
-        on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-
         def ema(key, query):
-            # key - (1 - m)(key - query), and a skipped step is a zero rate
-            # rather than one more select. The difference is one pass; the
-            # scaled subtraction another, in one kernel (`var -= alpha *
-            # delta`) instead of a product pass and a subtraction pass
-            # (issue 16: 155 -> ~105 ms a step for e5-small's key table).
-            # TPUs (packed variables) take the plain ops.
+            # key - (1 - m)(key - query): three passes over the variable, and a
+            # skipped step is a zero rate rather than one more select. (One
+            # fused `ResourceApplyGradientDescent` instead of the product and
+            # the subtraction measured no faster on e5-small's table: issue
+            # 16, BENCHMARKS.md.)
             rate = tf.constant(1.0 - momentum, key.dtype)
             if apply is not None:
                 rate = tf.where(apply, rate, tf.zeros_like(rate))
-            difference = key - tf.cast(query, key.dtype)
-            if on_tpu:
-                return key.assign_sub(rate * difference)
-            return tf.raw_ops.ResourceApplyGradientDescent(var=key.handle, alpha=rate,
-                                                           delta=difference)
+            return key.assign_sub(rate * (key - tf.cast(query, key.dtype)))
 
         for key, query in pairs:
             strategy.extended.update(key, ema, args=(query,))

@@ -7,7 +7,9 @@ The step of the paper's method, per replica:
    tape by the trained encoder);
 2. `Aligner.compute_losses`: TLM + contrastive loss on this replica's batch
    (an objective of weight 0 is not computed);
-3. `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
+3. the gradients (the tied token table's decoder part taken apart from its
+   lookups', `AlignmentStep.decoder_table`);
+   `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
    clip; the optimizer applies them (the encoder's AdamW, or during the
    head-only warm-up the MLM head's own);
 4. `Aligner.update_key_encoder`: EMA of the key encoder toward the updated
@@ -48,9 +50,9 @@ class AlignmentStep:
             before the gradients are taken (the trainer's fault-injection
             test hook); None in normal training.
         separate_decoder_gradient: take the tied MLM decoder's gradient of
-            the token table apart from the embedding lookups' and add the
-            two in place (`decoder_table`); False: the tape adds them (the
-            same values; kept for tests and comparison).
+            the token table apart from the embedding lookups' and scatter
+            the lookups' rows into it (`decoder_table`); False: the tape
+            adds them (the same values, slower; kept for tests).
     """
 
     def __init__(self, aligner, optimizer, head_optimizer, max_gradient_norm=1.0,
@@ -122,7 +124,6 @@ class AlignmentStep:
                 "gradients_finite": gradients_finite, "applied": applied,
                 "pair_ids": pair_ids}
 
-
     def decoder_table(self, variables):
         """(tensor, index): the tied token table read outside the tape, for
         the MLM decoder, and the table's index in `variables`; (None, None)
@@ -132,10 +133,11 @@ class AlignmentStep:
         sentence passes (sparse gradients, a few thousand rows) and
         multiplied by the decoder (a dense [vocabulary, width] gradient).
         Left to the tape, the lookups' gradients are each made dense and the
-        three added: for e5-small's 250k x 384 table six full passes, ~330 ms
+        three added: for e5-small's 250k x 384 table six full passes, ~280 ms
         of a ~9.4 s float32 step on a 2-vCPU Zen 3 (BENCHMARKS.md, issue 16).
         Decoding with this separate read gives the decoder's gradient alone;
-        `optimization.add_lookup_gradient` scatters the lookups' rows into it.
+        `optimization.add_lookup_gradient` scatters the lookups' rows into it
+        (~80 ms).
         """
         table = self.aligner.tied_table() if self.separate_decoder_gradient else None
         if table is None:
