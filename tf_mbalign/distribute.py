@@ -154,7 +154,6 @@ def resolve_precision(requested, strategy=None):
     return "float32", f"auto: {reason}"
 
 
-
 def emulated_precision_warning(policy, strategy=None):
     """A warning when `policy` is a mixed policy this hardware emulates
     (bf16 on a CPU without AMX / AVX512-BF16 or a GPU before sm_80; float16

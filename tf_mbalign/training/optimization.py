@@ -85,14 +85,17 @@ class FusedAdamW(keras.optimizers.AdamW):
             return super()._apply_weight_decay(variables)
 
         def decay_all(strategy, variables):
+            # lr wd once a step (the schedule is not evaluated per variable);
+            # the weights are float32 under every policy (Keras keeps mixed
+            # policies' variables float32).
+            rate = tf.cast(self.learning_rate, tf.float32) * tf.cast(self.weight_decay, tf.float32)
+
             def decay(variable):
-                if self._use_weight_decay(variable):
-                    rate = (tf.cast(self.learning_rate, variable.dtype)
-                            * tf.cast(self.weight_decay, variable.dtype))
-                    variable.assign(variable * (1 - rate))
+                variable.assign(variable * (1 - tf.cast(rate, variable.dtype)))
 
             for variable in variables:
-                strategy.extended.update(tf_variable(variable), decay, group=False)
+                if self._use_weight_decay(variable):
+                    strategy.extended.update(tf_variable(variable), decay, group=False)
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             decay_all, self._distribution_strategy, variables)
