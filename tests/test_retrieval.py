@@ -75,6 +75,24 @@ def test_embedder_batching_does_not_change_vectors(pooling):
     assert not np.allclose(batched[0], batched[1])
 
 
+@pytest.mark.numerics
+def test_each_pooling_in_one_pass_matches_one_pooling_at_a_time():
+    from tf_mbalign.modeling import encoders
+
+    bundle = encoders.load_encoder("tiny:demo", dropout=0.0)
+    sentences = ["a", "a much longer sentence than the first one", "mittel lang", "x y z"] * 3
+    both = SentenceEmbedder(bundle.encoder, bundle.tokenizer, batch_size=4).each_pooling(
+        sentences)
+    assert set(both) == {"cls", "mean"}
+    for pooling, vectors in both.items():
+        alone = SentenceEmbedder(bundle.encoder, bundle.tokenizer, pooling, batch_size=4)(
+            sentences)
+        # The same batches through the same encoder; float32 kernels may fuse the two
+        # graphs differently: 1e-5, as batching above.
+        np.testing.assert_allclose(vectors, alone, atol=1e-5)
+    assert not np.allclose(both["cls"], both["mean"])
+
+
 def test_alignment_training_logs_retrieval_per_language(tmp_path):
     from tf_mbalign.evaluation.retrieval_callback import RetrievalCallback
     from tf_mbalign.training.trainer import AlignmentRun

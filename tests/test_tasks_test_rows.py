@@ -43,8 +43,9 @@ def test_task_data_halves_keep_line_alignment_and_the_limit(tmp_path):
 
 def test_retrieval_halves_keep_pairs_aligned(tmp_path):
     root = write_tiny_data(tmp_path, languages=("en", "de"), tasks=("retrieval",))
-    whole = runner.read_retrieval_pairs(root, budgets.FULL)
-    odd = runner.read_retrieval_pairs(root, budgets.FULL, "odd")
+    files = runner.retrieval_files(root)["tests"]
+    whole = runner.read_retrieval_pairs(files, budgets.FULL)
+    odd = runner.read_retrieval_pairs(files, budgets.FULL, "odd")
     assert odd["de"].foreign == whole["de"].foreign[1::2]
     assert odd["de"].english == whole["de"].english[1::2]
 

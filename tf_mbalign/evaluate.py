@@ -24,6 +24,17 @@ panx/, udpos/, sib200/, plus retrieval with [CLS] and mean pooling; the
 optional xnli_mini (xnli/) and mlqa (mlqa/) only when named), with 95%
 intervals and, with --against, the paired differences B - A. `compare` is
 kept as it was.
+
+  python -m tf_mbalign.evaluate suite --track=lowres --encoder=A [--against=B] \
+      [--data_root=DIR] [--budget=cpu] [--seeds=2] [--test_rows=even|odd] \
+      [--first_seed=N] [--output_dir=results/lowres]
+
+`--track=lowres` runs the low-resource track (tf_mbalign/tasks/lowres_track.py)
+instead: Tatoeba and FLORES retrieval (both directions, [CLS] and mean
+pooling) and zero-shot topic on the weak languages of DIR/lowres/, with the
+developer languages of tatoeba/ and sib200/ (and English for topic) as
+controls; it writes lowres.{md,json,png}: weak languages first, controls
+second, the headline at mean pooling for both encoders.
 """
 
 from tf_mbalign import runtime
@@ -39,7 +50,8 @@ from absl import app, flags  # noqa: E402
 
 from tf_mbalign.atomic_files import write_json_atomic, write_text_atomic  # noqa: E402
 from tf_mbalign.data.data_root import default_data_root  # noqa: E402
-from tf_mbalign.tasks.suite import DEFAULT_TASKS, OPTIONAL_TASKS  # noqa: E402
+from tf_mbalign.tasks.suite import (DEFAULT_TASKS, DEFAULT_TRACK, OPTIONAL_TASKS,  # noqa: E402
+                                    TRACKS)
 
 COMMANDS = ("retrieval", "compare", "suite")
 
@@ -185,6 +197,9 @@ _TEST_ROWS = flags.DEFINE_enum("test_rows", "all", ["all", "even", "odd"], "suit
                                "(choose a recipe on one half, confirm it on the other).")
 _TASKS = flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "suite: the tasks to run (those whose "
                            f"files are present); optional ones: {', '.join(OPTIONAL_TASKS)}.")
+_TRACK = flags.DEFINE_enum("track", DEFAULT_TRACK, list(TRACKS), "suite: the default "
+                           "zero-shot transfer suite, or the low-resource track (weak languages "
+                           "of DATA_ROOT/lowres/ against the developer languages).")
 _JOB_PROCESSES = flags.DEFINE_boolean("job_processes", True, "suite: each job in its own "
                                       "process (false: all in this one).")
 _QUIET = flags.DEFINE_boolean("quiet", False, "suite: no progress bars.")
@@ -196,10 +211,13 @@ def run_suite_command():
 
     if not _ENCODER.value:
         raise ValueError("suite needs --encoder")
-    output_dir = _OUTPUT.value if _OUTPUT.value != "results" else os.path.join("results", "suite")
+    default_dir = "suite" if _TRACK.value == DEFAULT_TRACK else _TRACK.value
+    output_dir = (_OUTPUT.value if _OUTPUT.value != "results"
+                  else os.path.join("results", default_dir))
     config = SuiteConfig(
         encoders=tuple(spec for spec in (_ENCODER.value, _AGAINST.value) if spec),
-        data_root=data_root(), tasks=tuple(_TASKS.value), budget=_BUDGET.value,
+        data_root=data_root(), tasks=tuple(_TASKS.value), track=_TRACK.value,
+        budget=_BUDGET.value,
         seeds=_SEEDS.value, first_seed=_FIRST_SEED.value, test_rows=_TEST_ROWS.value,
         output_dir=output_dir, job_processes=_JOB_PROCESSES.value,
         progress=not _QUIET.value)

@@ -4,7 +4,8 @@ For each language XX, line i of `XX-en.XX` translates line i of `XX-en.en`.
 Both sides are embedded (L2-normalized, so a dot product is the cosine);
 XX->en accuracy is the share of XX rows whose nearest English row is the same
 line, en->XX the reverse. Any directory with that layout works, for any
-languages.
+languages; a test set may also take its languages from several such
+directories (`bitext_files`, `read_bitext_files`).
 
 Example:
 ```python
@@ -69,6 +70,25 @@ def read_bitext_dir(data_dir, languages=None, max_pairs=None):
             foreign, english = foreign[:max_pairs], english[:max_pairs]
         data[language] = Bitext(language, foreign, english)
     return data
+
+
+def bitext_files(data_dir, languages=None):
+    """{language: path of `XX-en.XX`} of `data_dir`, each pair of files read and checked
+    (`read_bitext_dir`, whose errors it raises)."""
+    return {language: os.path.join(data_dir, f"{language}-en.{language}")
+            for language in read_bitext_dir(data_dir, languages)}
+
+
+def read_bitext_files(foreign_paths, max_pairs=None):
+    """{language: Bitext} of `{language: path of XX-en.XX}`, the files in any directories
+    (the English side beside each, `XX-en.en`); languages in the order given."""
+    by_directory = {}
+    for language, path in foreign_paths.items():
+        by_directory.setdefault(os.path.dirname(path), []).append(language)
+    data = {}
+    for directory, languages in by_directory.items():
+        data.update(read_bitext_dir(directory, languages, max_pairs))
+    return {language: data[language] for language in foreign_paths}
 
 
 def retrieval_accuracy(foreign_vectors, english_vectors):

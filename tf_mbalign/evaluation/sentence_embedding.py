@@ -7,6 +7,7 @@ Example:
 ```python
 vectors = SentenceEmbedder(encoder, tokenizer, pooling="mean")(["Hallo Welt", "Hello world"])
 float(vectors[0] @ vectors[1])  # cosine similarity
+both = SentenceEmbedder(encoder, tokenizer).each_pooling(["Hallo Welt"])  # {"cls": .., "mean": ..}
 ```
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mbalign.data.dynamic_padding import length_grouped_batches, pad_rows
-from tf_mbalign.modeling.pooling import sentence_embedding
+from tf_mbalign.modeling.pooling import POOLINGS, sentence_embedding
 
 _TOKENIZE_CHUNK = 1024
 
@@ -57,25 +58,42 @@ class SentenceEmbedder:
         spec = tf.TensorSpec([None, None], tf.int32)
         self._embed = tf.function(self._embed_batch, input_signature=[spec, spec],
                                   reduce_retracing=True)
+        self._embed_each = tf.function(self._embed_batch_each_pooling,
+                                       input_signature=[spec, spec], reduce_retracing=True)
 
-    def _embed_batch(self, token_ids, padding_mask):
+    def _pooled(self, token_ids, padding_mask, poolings):
         outputs = self.encoder(
             {"token_ids": token_ids, "padding_mask": padding_mask,
              "segment_ids": tf.zeros_like(token_ids)},
             training=False,
         )
-        return sentence_embedding(outputs["encoder_outputs"], padding_mask, self.layer,
-                                  self.pooling)
+        return {pooling: sentence_embedding(outputs["encoder_outputs"], padding_mask, self.layer,
+                                            pooling)
+                for pooling in poolings}
 
-    def __call__(self, sentences):
-        """float32 [len(sentences), hidden], rows in the input order."""
+    def _embed_batch(self, token_ids, padding_mask):
+        return self._pooled(token_ids, padding_mask, (self.pooling,))
+
+    def _embed_batch_each_pooling(self, token_ids, padding_mask):
+        return self._pooled(token_ids, padding_mask, POOLINGS)
+
+    def _embed_rows(self, sentences, embed_batch):
+        """{pooling: float32 [len(sentences), hidden]}, rows in the input order."""
         rows = encode_single(self.tokenizer, sentences, self.max_length)
-        out = None
+        out = {}
         for index in length_grouped_batches([len(r) for r in rows], self.batch_size):
             batch = pad_rows([rows[i] for i in index], self.tokenizer.pad_id)
-            vectors = self._embed(batch["token_ids"], batch["padding_mask"]).numpy()
-            if out is None:
-                out = np.zeros((len(rows), vectors.shape[1]), np.float32)
-            out[index] = vectors
+            for pooling, vectors in embed_batch(batch["token_ids"], batch["padding_mask"]).items():
+                if pooling not in out:
+                    out[pooling] = np.zeros((len(rows), vectors.shape[1]), np.float32)
+                out[pooling][index] = vectors.numpy()
         return out
 
+    def __call__(self, sentences):
+        """float32 [len(sentences), hidden], rows in the input order (None for no sentence)."""
+        return self._embed_rows(sentences, self._embed).get(self.pooling)
+
+    def each_pooling(self, sentences):
+        """{pooling: float32 [len(sentences), hidden]} for every pooling of `POOLINGS`, from
+        one forward pass a batch (`pooling` is not used)."""
+        return self._embed_rows(sentences, self._embed_each)

@@ -1,7 +1,8 @@
 """The shared runner: fine-tune on English, test every language, repeat over seeds.
 
 `run_finetuned_task` works for any `Task` (`tf_mbalign.tasks.base`);
-`run_retrieval` scores Tatoeba-style retrieval with [CLS] and mean pooling.
+`run_retrieval` scores Tatoeba-style retrieval with [CLS] and mean pooling on
+one or more test sets (Tatoeba, FLORES).
 Both return a job's `tables`: {table name: {"metric", "pooling",
 "languages": {language: {"values": [per seed], "row_stats": [per seed:
 [[count, ...] per test row]], "rows", "file"}}}}, the raw material of
@@ -15,7 +16,7 @@ import keras
 import numpy as np
 
 from tf_mbalign.data.dynamic_padding import pad_rows
-from tf_mbalign.evaluation.retrieval import read_bitext_dir
+from tf_mbalign.evaluation.retrieval import bitext_files, read_bitext_files
 from tf_mbalign.evaluation.sentence_embedding import SentenceEmbedder
 from tf_mbalign.modeling.pooling import POOLINGS
 from tf_mbalign.tasks.base import test_subset
@@ -167,12 +168,17 @@ def _cell(counts_per_seed, metric, path):
 
 
 def retrieval_files(data_root):
-    directory = os.path.join(data_root, "tatoeba")
+    """The default track's retrieval files, {"tests": {language: XX-en.XX path}} of
+    `<data_root>/tatoeba`; None when there are none."""
     try:
-        return {"tests": {lang: os.path.join(directory, f"{lang}-en.{lang}")
-                          for lang in read_bitext_dir(directory)}}
+        return {"tests": bitext_files(os.path.join(data_root, "tatoeba"))}
     except FileNotFoundError:
         return None
+
+
+def retrieval_table_name(test_set, pooling, direction):
+    """A retrieval table's name, e.g. `retrieval_mean_xx_to_en`, `flores_cls_en_to_xx`."""
+    return f"{test_set}_{pooling}_{direction}"
 
 
 def retrieval_counts(foreign_vectors, english_vectors):
@@ -186,9 +192,10 @@ def retrieval_counts(foreign_vectors, english_vectors):
     return counts
 
 
-def read_retrieval_pairs(data_root, budget, test_rows="all"):
-    """{language: Bitext} of the Tatoeba pairs the budget and `test_rows` keep."""
-    data = read_bitext_dir(os.path.join(data_root, "tatoeba"))
+def read_retrieval_pairs(files, budget, test_rows="all"):
+    """{language: Bitext} of the pairs of `files` ({language: XX-en.XX path}) that the
+    budget and `test_rows` keep."""
+    data = read_bitext_files(files)
     for bitext in data.values():
         bitext.foreign, bitext.english = (
             test_subset(lines, budget.retrieval_max_pairs, test_rows)
@@ -196,23 +203,53 @@ def read_retrieval_pairs(data_root, budget, test_rows="all"):
     return data
 
 
-def run_retrieval(trained, data_root, budget, log=print, progress=True, test_rows="all"):
-    """Top-1 retrieval, XX->en and en->XX, with [CLS] and with mean pooling (last layer)."""
-    data = read_retrieval_pairs(data_root, budget, test_rows)
-    tables = {}
-    for pooling in POOLINGS:
-        embedder = SentenceEmbedder(trained.encoder, trained.tokenizer, pooling, -1,
-                                    budget.retrieval_max_length)
+def _embed_each_pooling(embedder, sentences, known):
+    """{pooling: [len(sentences), hidden]}; a sentence already in `known` ({sentence:
+    {pooling: vector}}, filled here) is not embedded again (e.g. FLORES' English side,
+    the same sentences for every language)."""
+    new = [sentence for sentence in dict.fromkeys(sentences) if sentence not in known]
+    if new:
+        vectors = embedder.each_pooling(new)
+        known.update({sentence: {pooling: vectors[pooling][i] for pooling in POOLINGS}
+                      for i, sentence in enumerate(new)})
+    return {pooling: np.stack([known[sentence][pooling] for sentence in sentences])
+            for pooling in POOLINGS}
+
+
+def run_retrieval(trained, test_sets, budget, log=print, progress=True, test_rows="all"):
+    """Top-1 retrieval, XX->en and en->XX, with [CLS] and with mean pooling (last layer).
+
+    Args:
+        trained: a `TrainedEncoder`.
+        test_sets: {name: {language: path of XX-en.XX}}, e.g. {"retrieval": Tatoeba's
+            files}; a set's tables are `<name>_<pooling>_<direction>`.
+        budget: a `Budget` (pairs a language, tokens a sentence).
+        log, progress: as `run_finetuned_task`.
+        test_rows: "all", "even" or "odd" pairs of each language (`base.test_subset`).
+
+    Returns:
+        {"tables": ..., "training": None, "pooling_selection": None}: both poolings come
+        from one forward pass a batch.
+    """
+    embedder = SentenceEmbedder(trained.encoder, trained.tokenizer, layer=-1,
+                                max_length=budget.retrieval_max_length)
+    known, tables = {}, {}
+    for name, files in test_sets.items():
+        data = read_retrieval_pairs(files, budget, test_rows)
         bar = keras.utils.Progbar(len(data), verbose=int(progress), unit_name="language")
         for lang, bitext in data.items():
-            path = os.path.join(data_root, "tatoeba", f"{lang}-en.{lang}")
-            counts = retrieval_counts(embedder(bitext.foreign), embedder(bitext.english))
-            for direction, rows in counts.items():
-                table = tables.setdefault(f"retrieval_{pooling}_{direction}", {
-                    "metric": "accuracy", "pooling": pooling, "languages": {}})
-                table["languages"][lang] = _cell([rows], "accuracy", path)
+            vectors = _embed_each_pooling(embedder, [*bitext.foreign, *bitext.english], known)
+            pairs = len(bitext.foreign)
+            for pooling in POOLINGS:
+                counts = retrieval_counts(vectors[pooling][:pairs], vectors[pooling][pairs:])
+                for direction, rows in counts.items():
+                    table = tables.setdefault(retrieval_table_name(name, pooling, direction), {
+                        "metric": "accuracy", "pooling": pooling, "languages": {}})
+                    table["languages"][lang] = _cell([rows], "accuracy", files[lang])
             bar.add(1)
-        log(f"[retrieval] {pooling}: " + " ".join(
-            f"{lang}={cell['values'][0]:.3f}"
-            for lang, cell in tables[f"retrieval_{pooling}_xx_to_en"]["languages"].items()))
+        for pooling in POOLINGS:
+            log(f"[{name}] {pooling}: " + " ".join(
+                f"{lang}={cell['values'][0]:.3f}"
+                for lang, cell in tables[retrieval_table_name(name, pooling, "xx_to_en")][
+                    "languages"].items()))
     return {"tables": tables, "training": None, "pooling_selection": None}

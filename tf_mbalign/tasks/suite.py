@@ -4,8 +4,12 @@ One job per (encoder, task) for the selected tasks (`SuiteConfig.tasks`,
 `--tasks`; default `DEFAULT_TASKS`: `nli`, `ner`, `pos`, `topic` and
 `retrieval` with [CLS] and mean pooling; `OPTIONAL_TASKS`, `xnli_mini` and
 `mlqa`, only when named) whose files are under the data root
-(`registry.TASKS`). A job writes `<output_dir>/<encoder label>/<task>.json` when
-it finishes, recording what made it:
+(`registry.TASKS`). The `lowres` track (`SuiteConfig.track`,
+`tf_mbalign.tasks.lowres_track`) runs retrieval and topic on the weak
+languages of `<data root>/lowres/` and on control languages instead, as jobs
+`lowres_retrieval` and `lowres_topic`. A job writes
+`<output_dir>/<encoder label>/<job>.json` (the job is the task's name in the
+default track) when it finishes, recording what made it:
 
     {"job": {"task", "encoder", "settings", "settings_hash", "code_version"}, ...}
 
@@ -44,6 +48,9 @@ RETRIEVAL = "retrieval"
 DEFAULT_TASKS = ("nli", "ner", "pos", "topic", RETRIEVAL)
 OPTIONAL_TASKS = ("xnli_mini", "mlqa")  # the XNLI-mini and MLQA-mini protocols
 FINETUNE_DROPOUT = 0.1
+DEFAULT_TRACK = "default"
+LOWRES_TRACK = "lowres"  # tf_mbalign.tasks.lowres_track
+TRACKS = (DEFAULT_TRACK, LOWRES_TRACK)
 
 
 class JobMismatch(ValueError):
@@ -60,7 +67,11 @@ class SuiteConfig:
         data_root: folder holding nli/, xnli/, panx/, udpos/, sib200/, tatoeba/
             (and mlqa/ for the optional `mlqa`).
         tasks: names of `DEFAULT_TASKS` and `OPTIONAL_TASKS` to run (those
-            whose files are present).
+            whose files are present); the lowres track runs those of
+            `lowres_track.TASKS` among them.
+        track: "default" (the tasks above on `data_root`'s folders) or
+            "lowres" (`tf_mbalign.tasks.lowres_track`: weak languages of
+            `data_root/lowres/` against the developer languages as controls).
         budget: a name of `budgets.BUDGETS`.
         seeds: number of fine-tuning seeds (first_seed .. first_seed+seeds-1).
         first_seed: the first of them (fresh seeds for a confirmation run).
@@ -75,6 +86,7 @@ class SuiteConfig:
     encoders: tuple
     data_root: str
     tasks: tuple = DEFAULT_TASKS
+    track: str = DEFAULT_TRACK
     budget: str = "cpu"
     seeds: int = 2
     first_seed: int = 0
@@ -181,6 +193,14 @@ def finished_job(path, record):
     return result
 
 
+def retrieval_test_sets(settings):
+    """{test set name: {language: XX-en.XX path}} of a retrieval job's settings: the
+    default track's one set is named `retrieval`, a track's sets are its files' keys."""
+    if settings.get("track"):
+        return settings["files"]
+    return {RETRIEVAL: settings["files"]["tests"]}
+
+
 def run_job(record, output_path, progress=True, log=print):
     """Runs one job in this process and writes its JSON atomically; returns the result."""
     from tf_mbalign.evaluation.trained_encoders import load_trained_encoder
@@ -191,8 +211,8 @@ def run_job(record, output_path, progress=True, log=print):
     budget = budgets.get_budget(settings["budget"])
     if record["task"] == RETRIEVAL:
         trained = load_trained_encoder(record["encoder"], dropout=0.0)
-        result = runner.run_retrieval(trained, settings["data_root"], budget, log, progress,
-                                      settings.get("test_rows", "all"))
+        result = runner.run_retrieval(trained, retrieval_test_sets(settings), budget, log,
+                                      progress, settings.get("test_rows", "all"))
     else:
         trained = load_trained_encoder(record["encoder"], dropout=settings["dropout"])
         result = runner.run_finetuned_task(
@@ -224,16 +244,8 @@ def _run_job_in_subprocess(record, path, progress):
         return json.load(f)
 
 
-def plan_jobs(config, log=print):
-    """[(label, task name, record, output path)] of every job, checked before any runs."""
-    budget = budgets.get_budget(config.budget)
-    if not 1 <= len(config.encoders) <= 2:
-        raise ValueError("the suite compares one or two encoders.")
-    if config.seeds < 1:
-        raise ValueError(f"--seeds={config.seeds}: at least 1.")
-    if config.test_rows not in TEST_ROWS:
-        raise ValueError(f"--test_rows={config.test_rows}: choose from {', '.join(TEST_ROWS)}.")
-    selected = select_tasks(config.tasks)
+def _default_track_jobs(config, selected, log):
+    """{job name: (task name, files, extra settings)} of the default track."""
     tasks = present_tasks(config.data_root, selected)
     if not tasks:
         raise FileNotFoundError(
@@ -244,14 +256,37 @@ def plan_jobs(config, log=print):
     absent = [name for name in selected if name not in tasks]
     if absent:
         log(f"no files under {config.data_root} for {', '.join(absent)}: not run")
+    return {name: (name, files, {}) for name, files in tasks.items()}
+
+
+def plan_jobs(config, log=print):
+    """[(label, job name, record, output path)] of every job, checked before any runs."""
+    budget = budgets.get_budget(config.budget)
+    if not 1 <= len(config.encoders) <= 2:
+        raise ValueError("the suite compares one or two encoders.")
+    if config.seeds < 1:
+        raise ValueError(f"--seeds={config.seeds}: at least 1.")
+    if config.test_rows not in TEST_ROWS:
+        raise ValueError(f"--test_rows={config.test_rows}: choose from {', '.join(TEST_ROWS)}.")
+    if config.track not in TRACKS:
+        raise ValueError(f"--track={config.track}: choose from {', '.join(TRACKS)}.")
+    selected = select_tasks(config.tasks)
+    if config.track == DEFAULT_TRACK:
+        found = _default_track_jobs(config, selected, log)
+    else:
+        from tf_mbalign.tasks import lowres_track
+
+        found = lowres_track.track_jobs(config.data_root, selected, log,
+                                        every_task_named=selected == DEFAULT_TASKS)
     specs = [encoder_spec(s) for s in config.encoders]
+    seeds = range(config.first_seed, config.first_seed + config.seeds)
     jobs = []
-    for name, files in tasks.items():
-        seeds = range(config.first_seed, config.first_seed + config.seeds)
-        settings = job_settings(name, files, budget, seeds, config.data_root, config.test_rows)
+    for job_name, (task_name, files, extra) in found.items():
+        settings = {**job_settings(task_name, files, budget, seeds, config.data_root,
+                                   config.test_rows), **extra}
         for label, spec in zip(encoder_labels(config.encoders), specs):
-            path = os.path.join(config.output_dir, label, f"{name}.json")
-            jobs.append((label, name, job_record(name, spec, settings), path))
+            path = os.path.join(config.output_dir, label, f"{job_name}.json")
+            jobs.append((label, job_name, job_record(task_name, spec, settings), path))
     return jobs
 
 
@@ -275,4 +310,8 @@ def run_suite(config, log=print):
     results = {label: {name: finished[(label, name)]
                        for job_label, name, _, _ in jobs if job_label == label}
                for label in labels}
-    return suite_report.write_suite_report(results, labels, config, log)
+    if config.track == DEFAULT_TRACK:
+        return suite_report.write_suite_report(results, labels, config, log)
+    from tf_mbalign.tasks import lowres_report
+
+    return lowres_report.write_track_report(results, labels, config, log)

@@ -47,10 +47,10 @@ def comparison_summary(summaries):
             "chance_upper_95": upper}
 
 
-def write_suite_report(results, labels, config, log=print):
-    """Writes the reports of a finished suite; returns the summary dict."""
-    summaries = table_summaries(results, labels, config.replicates)
-    summary = {
+def run_facts(results, labels, config):
+    """What a report says of its run: date, version, encoders, budget, seeds, data,
+    replicates, pooling selections and each job's wall time."""
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tf_mbalign_version": tf_mbalign.__version__,
         "encoders": [{"label": label,
@@ -63,8 +63,13 @@ def write_suite_report(results, labels, config, log=print):
                               for label, jobs in results.items()},
         "wall_seconds": {label: {task: r["wall_seconds"] for task, r in jobs.items()}
                          for label, jobs in results.items()},
-        "tables": summaries,
     }
+
+
+def write_suite_report(results, labels, config, log=print):
+    """Writes the reports of a finished suite; returns the summary dict."""
+    summaries = table_summaries(results, labels, config.replicates)
+    summary = {**run_facts(results, labels, config), "tables": summaries}
     if len(labels) == 2:
         summary["comparison"] = comparison_summary(summaries)
     os.makedirs(config.output_dir, exist_ok=True)
@@ -89,7 +94,9 @@ def interval_cell(interval, signed=False):
             f"{interval['high'] * SCALE:{sign}.1f}]")
 
 
-def markdown_table(name, table, labels):
+def markdown_table(name, table, labels, aggregates=AGGREGATES):
+    """One table's languages, aggregates (`aggregates`: (key, title) pairs) and, with two
+    encoders, differences, as a Markdown section headed `name`."""
     header = ["", *labels] + ([f"{labels[1]} − {labels[0]}"] if "difference" in table else [])
     pooling = ", ".join(f"{label}: {p}" for label, p in zip(labels, table["pooling"]) if p)
     lines = [f"### {name} ({table['metric']}, ×{SCALE:g}, mean [95% interval])", ""]
@@ -97,8 +104,8 @@ def markdown_table(name, table, labels):
         lines += [f"pooling: {pooling}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     languages = sorted(table["encoders"][0]["languages"], key=lambda x: (x != "en", x))
-    for key in [*languages, *(k for k, _ in AGGREGATES)]:
-        title = dict(AGGREGATES).get(key)
+    for key in [*languages, *(k for k, _ in aggregates)]:
+        title = dict(aggregates).get(key)
         if title is not None and table["encoders"][0][key] is None:
             continue
         cells = [interval_cell(e[key] if title else e["languages"].get(key))
@@ -155,17 +162,23 @@ def markdown(summary, labels):
     lines += [overview_table(summary["tables"], labels), "![summary](summary.png)", ""]
     for name, table in summary["tables"].items():
         lines += [markdown_table(name, table, labels), f"![{name}]({name}.png)", ""]
-    lines += ["## Wall time (s)", "", "| job | " + " | ".join(labels) + " |",
-              "|" + "---|" * (len(labels) + 1)]
-    for task in summary["wall_seconds"][labels[0]]:
-        lines.append(f"| {task} | " + " | ".join(
-            f"{summary['wall_seconds'][label][task]:.0f}" for label in labels) + " |")
+    lines += wall_time_table(summary["wall_seconds"], labels)
     return "\n".join(lines) + "\n"
+
+
+def wall_time_table(wall_seconds, labels):
+    """Markdown lines: a job a row, an encoder a column."""
+    lines = ["## Wall time (s)", "", "| job | " + " | ".join(labels) + " |",
+             "|" + "---|" * (len(labels) + 1)]
+    for task in wall_seconds[labels[0]]:
+        lines.append(f"| {task} | " + " | ".join(
+            f"{wall_seconds[label][task]:.0f}" for label in labels) + " |")
+    return lines
 
 
 # === Plots ===
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,15 +187,16 @@ def _pyplot():
     return plt
 
 
-def _bars(axis, rows, series, names):
-    """Grouped bars with 95% interval error bars; `series` = [[interval or None per row]]."""
+def interval_bars(axis, rows, series, names, colors=None):
+    """Grouped bars with 95% interval error bars; `series` = [[interval or None per row]]
+    (`colors`: one a series, None: matplotlib's cycle)."""
     x = np.arange(len(rows))
     width = 0.8 / len(series)
     for i, (cells, name) in enumerate(zip(series, names)):
         means = [c["mean"] * SCALE if c else np.nan for c in cells]
         errors = [c["half_width"] * SCALE if c else 0.0 for c in cells]
         axis.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=errors, capsize=2,
-                 label=name)
+                 label=name, color=colors[i] if colors else None)
     axis.set_xticks(x)
     axis.set_xticklabels(rows, rotation=20, ha="right")
     axis.grid(axis="y", alpha=0.3)
@@ -191,7 +205,7 @@ def _bars(axis, rows, series, names):
 
 def plot_table(name, table, labels, path):
     """Per language (and the average): each encoder's bar; with two, a panel of differences."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = sorted(table["encoders"][0]["languages"], key=lambda x: (x != "en", x))
     has_average = table["encoders"][0]["non_english_average"] is not None
     keys = rows + (["non_english_average"] if has_average else [])
@@ -202,11 +216,12 @@ def plot_table(name, table, labels, path):
 
     panels = 2 if "difference" in table else 1
     figure, axes = plt.subplots(panels, 1, figsize=(10, 3.6 * panels), squeeze=False)
-    _bars(axes[0, 0], names, [[pick(e, k) for k in keys] for e in table["encoders"]], labels)
+    interval_bars(axes[0, 0], names, [[pick(e, k) for k in keys] for e in table["encoders"]],
+                  labels)
     axes[0, 0].set_title(f"{name}: {table['metric']} (×{SCALE:g}), 95% intervals")
     if panels == 2:
-        _bars(axes[1, 0], names, [[pick(table["difference"], k) for k in keys]],
-              [f"{labels[1]} − {labels[0]}"])
+        interval_bars(axes[1, 0], names, [[pick(table["difference"], k) for k in keys]],
+                      [f"{labels[1]} − {labels[0]}"])
         axes[1, 0].axhline(0.0, color="black", linewidth=0.8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -215,7 +230,7 @@ def plot_table(name, table, labels, path):
 
 def plot_summary(summaries, labels, path):
     """Non-English averages and transfer gaps per table; with two encoders, their differences."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("non_english_average", "non-English average")]
     panels.append(("transfer_gap", "transfer gap (en − average)"))
     compared = len(labels) == 2
@@ -226,13 +241,13 @@ def plot_summary(summaries, labels, path):
     for key, title in panels:
         names = [n for n, s in summaries.items() if s["encoders"][0][key] is not None]
         axis = next(axes)
-        _bars(axis, names, [[summaries[n]["encoders"][i][key] for n in names]
-                            for i in range(len(labels))], labels)
+        interval_bars(axis, names, [[summaries[n]["encoders"][i][key] for n in names]
+                                    for i in range(len(labels))], labels)
         axis.set_title(f"{title} (×{SCALE:g}), 95% intervals")
         if compared:
             axis = next(axes)
-            _bars(axis, names, [[summaries[n]["difference"][key] for n in names]],
-                  [f"{labels[1]} − {labels[0]}"])
+            interval_bars(axis, names, [[summaries[n]["difference"][key] for n in names]],
+                          [f"{labels[1]} − {labels[0]}"])
             axis.axhline(0.0, color="black", linewidth=0.8)
             axis.set_title(f"difference of the {title} (×{SCALE:g}), 95% intervals")
     figure.tight_layout()
