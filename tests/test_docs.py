@@ -62,14 +62,19 @@ def read(path):
 
 
 def split_fences(text):
-    """(prose lines, code lines): lines inside ``` / ~~~ fences are code."""
+    """(prose lines, code lines): lines inside ``` / ~~~ fences are code. The
+    prose keeps one entry per line of the file (fences and code blank), so
+    that its index is the line number."""
     prose, code, fence = [], [], None
     for line in text.splitlines():
         marker = re.match(r"\s*(`{3,}|~{3,})", line)
         if marker and (fence is None or marker.group(1).startswith(fence)):
             fence = None if fence else marker.group(1)[:3]
+            prose.append("")
             continue
-        (code if fence else prose).append(line)
+        if fence:
+            code.append(line)
+        prose.append("" if fence else line)
     return prose, code
 
 
@@ -219,9 +224,9 @@ def known(name, own, booleans):
 
 
 def parse_requests():
-    """{module: [arguments, ...]}: every binary command line of the docs (a
-    binary named with arguments; README.md and configs/README.md among them,
-    the reports written into docs/results/ left out), to be parsed dry."""
+    """{module: [(doc, arguments), ...]}: every binary command line of the docs
+    (a binary named with arguments; README.md and configs/README.md among
+    them, the reports written into docs/results/ left out), to be parsed dry."""
     requests = {}
     for path in markdown_files():
         if path.startswith("docs/results/"):
@@ -229,7 +234,7 @@ def parse_requests():
         for words in doc_commands(path):
             kind, module, start = program_of(words)
             if kind == "binary" and words[start:]:  # a bare name is a mention, not a command
-                requests.setdefault(module, []).append(words[start:])
+                requests.setdefault(module, []).append((path, words[start:]))
     return requests
 
 
@@ -237,7 +242,8 @@ def parse_requests():
 def collected():
     """`binary_flags.collect`'s answer for `parse_requests()`, and the requests."""
     requests = parse_requests()
-    return binary_flags.collect({"parse": requests}), requests
+    parse = {module: [arguments for _, arguments in lines] for module, lines in requests.items()}
+    return binary_flags.collect({"parse": parse}), requests
 
 
 def unknown_flags(path, answer):
@@ -341,12 +347,12 @@ def test_every_flag_a_config_names_exists_in_its_binary():
 
 def test_every_binary_command_of_the_docs_parses():
     answer, requests = collected()
-    assert ["--flagfile=configs/align.flags"] in requests.get("tf_mbalign.train", []), \
+    assert ("README.md", ["--flagfile=configs/align.flags"]) in requests["tf_mbalign.train"], \
         "README.md shows the main job"
     problems = []
-    for module, argument_lists in requests.items():
-        for arguments, parsed in zip(argument_lists, answer["binaries"][module]["parses"]):
-            command = f"{module} {' '.join(arguments)}"
+    for module, lines in requests.items():
+        for (path, arguments), parsed in zip(lines, answer["binaries"][module]["parses"]):
+            command = f"{path}: {module} {' '.join(arguments)}"
             if parsed["error"]:
                 problems.append(f"{command}: {parsed['error']}")
             elif tuple(parsed["positional"]) not in POSITIONAL.get(module, {()}):
