@@ -10,9 +10,9 @@ drift of the machine (a shared cloud VM moves by ~10% over minutes) falls on
 both sides alike. Prints, and writes to `--json`, every timing, each round's
 ratio of medians (this tree / base) and the median ratio over the rounds.
 
-Used for issue 16's "on a machine without bf16 instructions, `auto` picks
-float32 and nothing gets slower": the base is the last commit before issue
-16's changes.
+Used for the goal "on a machine without bf16 instructions, `auto` picks
+float32 and nothing gets slower": the base is the last commit before the
+`--precision=auto` changes (BENCHMARKS.md, "Goals and results").
 
 Usage:
   python benchmarks/compare_commits.py --base d8103bf --rounds 4 \\

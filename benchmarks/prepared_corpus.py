@@ -1,5 +1,5 @@
 """Prepared corpora at scale: prepare's memory and time, the streamed input's
-memory and throughput (issue 17's goals).
+memory and throughput (the large-corpus goals, BENCHMARKS.md).
 
 For each size in --pairs (default 1M and 5M pairs; add 20000000 where the
 disk allows: the script checks free space first and skips a size that does
@@ -248,7 +248,7 @@ def measure_size(pairs, args, log):
 
 
 def goals(rows, e5_step_pairs_per_s):
-    """Each goal of issue 17 with the measured worst case and whether it holds."""
+    """Each large-corpus goal with the measured worst case and whether it holds."""
     measured = [r for r in rows if "prepare" in r]
     if not measured:
         return {}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's ablation grid on e5-small: each row aligns on ../shared/data/parallel
+# The recipe grid (ablations) on e5-small: each row aligns on ../shared/data/parallel
 # (configs/recipe.flags plus the row's flags), then the transfer suite (cpu
 # budget, NLI, POS, retrieval, 2 seeds) scores its export against the unaligned
 # model on one half of the test rows. Each finished row is committed (its
@@ -59,7 +59,7 @@ for row in "$@"; do
   mv "$OUT"/suite.json "$OUT"/suite.md "$OUT"/*.png "$OUT/compare_$row/"
   if [[ $COMMIT == 1 ]]; then
     git add "$OUT"
-    git commit -q -m "Issue 14 grid row $row ($HALF half, first seed $FIRST_SEED): $flags" -- "$OUT"
+    git commit -q -m "Recipe grid row $row ($HALF half, first seed $FIRST_SEED): $flags" -- "$OUT"
     echo "== $row: committed"
   fi
 done

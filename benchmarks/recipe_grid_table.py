@@ -1,4 +1,4 @@
-"""The table of issue 14's ablation grid, from the rows `recipe_grid.sh` committed.
+"""The table of the recipe grid (ablations), from the rows `recipe_grid.sh` committed.
 
 Reads `<grid_dir>/<row>/training/` (flags.json, summary.json,
 alignment_check.json) and `<grid_dir>/compare_<row>/suite.json` (the row's
@@ -177,7 +177,7 @@ def plot(records, path):
         axis.set_xlabel("aligned − unaligned (points)")
     axes[0].set_yticks(range(len(records)), [r["row"] for r in records])
     axes[0].invert_yaxis()
-    figure.suptitle("Issue 14 grid: non-English average vs unaligned e5-small (95% intervals)")
+    figure.suptitle("The recipe grid: non-English average vs unaligned e5-small (95% intervals)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

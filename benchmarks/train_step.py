@@ -333,7 +333,7 @@ def main(argv=None):
     for r in rows:
         if "error" in r:
             print(f"  {r['shape']} {r['precision']} xla={r['xla']}: {r['error']}")
-    print("goals (issue 6): ours/torch <= 0.7; MFU >= 50% for e5-small and mbert-base. "
+    print("goals: ours/torch <= 0.7; MFU >= 50% for e5-small and mbert-base. "
           "'first call' in the JSON is the trace (+ XLA compile) time.")
     result["complete"] = True
     common.write_json(args.json, result)

@@ -1,6 +1,6 @@
 """The package's layers run one way: a module imports only from its floor or below.
 
-The floors, from the ground up (docs/ARCHITECTURE.md explains them):
+The floors, from the ground up (docs/architecture.md explains them):
 
 | floor | modules |
 | --- | --- |

@@ -256,7 +256,7 @@ def test_prepared_corpus_benchmark_pieces(tmp_path):
 
 
 def test_recipe_grid_table_regenerates_the_committed_grid(tmp_path):
-    """The grid table from the rows issue 14 committed: the same figures and
+    """The grid table from the rows the recipe grid committed: the same figures and
     choice as the committed grid.json, and each row's curves and the grid
     plot drawn."""
     import json

@@ -1,4 +1,4 @@
-"""Objectives as flags (issue 14): weights that switch TLM / the contrastive loss
+"""Objectives as flags: weights that switch TLM / the contrastive loss
 off, in-batch negatives, defaults by checkpoint kind, the measured head warm-up,
 and the before -> after alignment check on held-out demo pairs."""
 
@@ -205,7 +205,7 @@ def test_a_headless_checkpoint_without_warmup_is_warned_about(tmp_path, monkeypa
     assert len(warnings) == 1 and "has no MLM head and --head_warmup_steps=0" in warnings[0]
     assert "--head_warmup_steps=N" in warnings[0] and "--tlm_weight=0" in warnings[0]
     # The resolved values were printed with their sources and written to flags.json.
-    assert any(line.startswith("  --temperature=0.05  [used by every row of issue 14's grid")
+    assert any(line.startswith("  --temperature=0.05  [used by every row of the recipe grid")
                for line in lines)
     flags = json.loads((tmp_path / "cold" / "flags.json").read_text())
     assert flags["temperature"] == 0.05

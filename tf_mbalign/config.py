@@ -47,10 +47,10 @@ class CheckpointDefault:
         return self.with_mlm_head, "random test encoder: the value for checkpoints with an MLM head"
 
 
-# What issue 14's grid chose for e5-small (docs/results/grid_choose, RESULTS.md):
+# What the recipe grid chose for e5-small (docs/results/grid_choose, RESULTS.md):
 # on the choose half of the test rows, the row with the best mean difference
 # over NLI and POS; the other half confirms it.
-GRID = "issue 14's grid on e5-small (RESULTS.md, 'The recipe grid')"
+GRID = "the recipe grid on e5-small (RESULTS.md, 'The recipe grid')"
 GRID_UNVARIED = f"used by every row of {GRID}, not varied there"
 
 CHECKPOINT_DEFAULTS = {
@@ -284,7 +284,7 @@ HELP = {
                              "paper's). in_batch: symmetric InfoNCE over the global batch, both "
                              "sides through the trained encoder, no queue or key encoder. By "
                              "checkpoint: queue with an MLM head (the paper), in_batch without "
-                             "(issue 14's grid on e5-small).",
+                             "(the recipe grid on e5-small, RESULTS.md).",
     "representation_layer": "Encoder layer for the sentence representation (-1 = last).",
     "pooling": "Sentence representation: [CLS] or mean.",
     "projection_dim": "Linear projection before the MoCo loss (0 = none).",

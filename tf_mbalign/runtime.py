@@ -6,10 +6,12 @@ Python logging setting can apply. The binaries import TensorFlow through
 `import_tensorflow_quietly()`, which points fd 2 at a temporary file for that
 moment and shows what was written there only if the import fails.
 
-`flags_parser` gives a binary's absl flags the exit codes the README
-promises: `--help` prints the binary's help and exits 0; an unknown or
-malformed flag prints absl's message (with its "Did you mean" suggestions)
-and exits 2 (absl itself exits 1 for both).
+`flags_parser` gives a binary's absl flags the exit codes the docs promise:
+`--help` prints the binary's help and exits 0; an unknown or malformed flag
+prints absl's message (with its "Did you mean" suggestions) and exits 2
+(absl itself exits 1 for both). An unknown flag also gets the flags whose
+names contain it (`--batch_size` -> `--global_batch_size`), which absl's
+spelling suggestions miss.
 """
 
 import contextlib
@@ -93,6 +95,29 @@ def flags_parser(help_text):
         try:
             return flags.FLAGS(argv)
         except flags.Error as error:
-            print(f"error: {error}\nRun with --help to list the flags.", file=sys.stderr)
+            hint = ""
+            if isinstance(error, flags.UnrecognizedFlagError):
+                hint = containing_flags_hint(error.flagname, flags.FLAGS)
+            print(f"error: {error}{hint}\nRun with --help to list the flags.", file=sys.stderr)
             sys.exit(BAD_FLAGS_EXIT_CODE)
     return parse
+
+
+def flags_containing(name, flag_values):
+    """The binary's own flags (absl's left out) whose names contain `name`,
+    e.g. `global_batch_size` for `batch_size`; a `--noNAME` boolean is looked
+    up as `NAME`."""
+    wanted = name.lower()
+    own = [flag for flag in flag_values
+           if not flag_values.find_module_defining_flag(flag, "").startswith("absl.")]
+    found = sorted(flag for flag in own if wanted in flag.lower() and flag != name)
+    if not found and wanted.startswith("no"):
+        found = sorted(flag for flag in own if wanted[2:] and wanted[2:] in flag.lower())
+    return found
+
+
+def containing_flags_hint(name, flag_values):
+    """". Flags whose names contain it: --a, --b" for an unknown flag `name`
+    ("" when none does)."""
+    found = flags_containing(name, flag_values)
+    return ". Flags whose names contain it: " + ", ".join(f"--{f}" for f in found) if found else ""

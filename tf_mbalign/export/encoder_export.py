@@ -111,7 +111,7 @@ EXPORT_PATH_KEYS = ("encoder", "preprocessor", "keras", "serving", "serving_ids"
 def read_export_info(export_dir):
     """`export_info.json` with its paths resolved against `export_dir`.
 
-    Exports written since issue 15 record paths relative to the export
+    Exports of this version record paths relative to the export
     directory. Older ones recorded the path as given when exporting (absolute,
     or relative to the directory training ran in); those resolve too: an
     absolute path that exists is kept, otherwise the part below the export

@@ -70,8 +70,8 @@ def momentum_update(key_variables, query_variables, momentum, apply=None):
             # key - (1 - m)(key - query): three passes over the variable, and a
             # skipped step is a zero rate rather than one more select. (One
             # fused `ResourceApplyGradientDescent` instead of the product and
-            # the subtraction measured no faster on e5-small's table: issue
-            # 16, BENCHMARKS.md.)
+            # the subtraction measured no faster on e5-small's table:
+            # BENCHMARKS.md.)
             rate = tf.constant(1.0 - momentum, key.dtype)
             if apply is not None:
                 rate = tf.where(apply, rate, tf.zeros_like(rate))

@@ -3,7 +3,7 @@
 `cpu` is sized so that one encoder's whole suite (four tasks, 2 seeds, plus
 retrieval with both poolings) should finish in about 60 minutes on 2 CPU
 cores with e5-small. Measured (2026-12-02, e5-small, 2 seeds, a quiet
-2-vCPU AMD EPYC Zen 4; RESULTS.md): 27.6 min in all.
+2-vCPU AMD EPYC Zen 4; BENCHMARKS.md, "Measured times"): 27.6 min in all.
 
 | task | training | test rows a language | measured, 2 seeds |
 | --- | --- | --- | --- |

@@ -252,7 +252,7 @@ def _default_track_jobs(config, selected, log):
             f"{config.data_root}: no task files for --tasks={','.join(selected)} (expected "
             "nli/snli-train.tsv + xnli/, panx/, udpos/, sib200/, tatoeba/, or for the optional "
             "tasks xnli/dev-XX.tsv (xnli_mini), mlqa/dev-context-XX-question-XX.json (mlqa); "
-            "see the README's suite section).")
+            "see docs/data.md, 'The evaluation data').")
     absent = [name for name in selected if name not in tasks]
     if absent:
         log(f"no files under {config.data_root} for {', '.join(absent)}: not run")

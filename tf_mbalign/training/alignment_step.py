@@ -134,7 +134,7 @@ class AlignmentStep:
         multiplied by the decoder (a dense [vocabulary, width] gradient).
         Left to the tape, the lookups' gradients are each made dense and the
         three added: for e5-small's 250k x 384 table six full passes, ~280 ms
-        of a ~9.4 s float32 step on a 2-vCPU Zen 3 (BENCHMARKS.md, issue 16).
+        of a ~9.4 s float32 step on a 2-vCPU Zen 3 (BENCHMARKS.md, "Non-matmul time").
         Decoding with this separate read gives the decoder's gradient alone;
         `optimization.add_lookup_gradient` scatters the lookups' rows into it
         (~80 ms).

@@ -67,8 +67,8 @@ class FusedAdamW(keras.optimizers.AdamW):
     update, as Keras does it) is one pass too: `var.assign(var * (1 - lr
     wd))`, whose product the variable adopts as its buffer, instead of Keras'
     `var.assign_sub(var * wd * lr)`, a product pass and then a subtraction
-    pass that reads both (issue 16's profile: 164 -> 59 ms a step for
-    e5-small's 250k x 384 table alone). The two differ by rounding only.
+    pass that reads both (BENCHMARKS.md, "Non-matmul time on a Zen 3":
+    the e5-small table's decay in one pass). The two differ by rounding only.
 
     Sparse gradients, `amsgrad` and TPUs (where the raw op would see packed
     variables) use Keras' update unchanged.
