@@ -1,6 +1,7 @@
 """Objectives as flags: weights that switch TLM / the contrastive loss
 off, in-batch negatives, defaults by checkpoint kind, the measured head warm-up,
-and the before -> after alignment check on held-out demo pairs."""
+and the before -> after alignment check on held-out demo pairs (on other
+corpora's held-out pairs: test_held_out_check.py)."""
 
 import json
 
@@ -261,14 +262,17 @@ def test_held_out_demo_pairs_are_never_trained_on():
     assert german.languages == ["de"] and not set(german.english) & set(held_out.english)
 
 
-def test_check_pairs_found_in_the_training_corpus_are_dropped():
-    from tf_mbalign.evaluation.alignment_check import check_bitexts
+def test_the_demo_directory_given_as_a_path_holds_out_pairs_of_its_own():
+    from tf_mbalign.data import training_input
 
-    bitexts, dropped = check_bitexts(corpus_lib.read_corpus("demo"))
-    assert dropped == 0 and sum(len(b.foreign) for b in bitexts.values()) == 120
-    whole_demo = corpus_lib.read_directory(corpus_lib.demo_corpus_dir())
-    bitexts, dropped = check_bitexts(whole_demo)
-    assert dropped == 120 and not bitexts
+    demo = training_input.open_corpus("demo", hold_out_seed=0)
+    assert demo.held_out.rule == "demo" and len(demo.held_out.pairs) == 120
+    # The same files as a directory are a corpus like any other: min(20, 5%)
+    # of each language's 200 pairs, chosen by the seed, none trained on.
+    directory = training_input.open_corpus(corpus_lib.demo_corpus_dir(), hold_out_seed=0)
+    assert directory.held_out.rule == "corpus"
+    assert directory.held_out.language_counts() == {lang: 10 for lang in demo.languages}
+    assert not (set(directory.english) | set(directory.other)) & directory.held_out.sentences()
 
 
 def test_ranks_and_margins_against_every_candidate():
@@ -285,7 +289,9 @@ def test_ranks_and_margins_against_every_candidate():
     assert scores["candidates"] == 3
     assert scores["de"]["mean_rank"] == pytest.approx((2 + 1) / 2)
     assert scores["de"]["margin"] == pytest.approx(((0.9 - 0.95) + (0.8 - 0.2)) / 2)
-    assert scores["fr"] == {"mean_rank": 2.0, "margin": pytest.approx(0.4 - 0.7), "pairs": 1}
+    assert scores["fr"] == {"mean_rank": 2.0, "margin": pytest.approx(0.4 - 0.7),
+                            "accuracy": 0.0, "pairs": 1}
+    assert scores["de"]["accuracy"] == pytest.approx(1 / 2)  # b_de ranks first, a_de second
     assert scores["all"]["pairs"] == 3
     assert scores["all"]["mean_rank"] == pytest.approx(5 / 3, abs=1e-4)
 

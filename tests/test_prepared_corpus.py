@@ -316,7 +316,11 @@ def test_prepare_binary_writes_reruns_and_reports_errors(tmp_path):
             f"--output={output}", "--shards_per_language=2", "--quiet"]
     first = run_module(args)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "prepared 32 pairs" in first.stdout and f"--corpus=prepared:{output}" in first.stdout
+    # The binary holds out pairs for the alignment check (--seed=0): 1 of de's
+    # 23 (5% rounded down), none of fr's 9.
+    assert "prepared 31 pairs" in first.stdout and f"--corpus=prepared:{output}" in first.stdout
+    assert "1 held out for the alignment check" in first.stdout
+    assert os.path.isfile(os.path.join(output, prepared.HELD_OUT_FILE))
     assert "pairs/s" in first.stderr  # the progress line
     assert "Traceback" not in first.stderr
     assert prepared.read_manifest(output)["settings"]["shards_per_language"] == 2

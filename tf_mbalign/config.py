@@ -68,6 +68,15 @@ CHECKPOINT_DEFAULTS = {
     "queue_size": CheckpointDefault(65536, _MOCO, 4096, GRID_UNVARIED),
     "momentum": CheckpointDefault(0.999, _MOCO, 0.99, GRID_UNVARIED),
     "temperature": CheckpointDefault(0.07, _MOCO, 0.05, GRID_UNVARIED),
+    # The sentence representation the contrastive objective trains, and the
+    # one the export embeds with.
+    "pooling": CheckpointDefault(
+        "cls", "Pan et al. 2021: the contrastive objective on [CLS]",
+        "mean", "a sentence encoder trained with mean pooling (multilingual-e5: Wang et al. "
+                "2024, arXiv 2402.05672); its [CLS] retrieves worse unaligned (RESULTS.md)"),
+    "representation_layer": CheckpointDefault(
+        -1, "Pan et al. 2021: the encoder's output, its last layer",
+        -1, "the last layer, the one the sentence encoder was trained to pool"),
 }
 
 
@@ -104,8 +113,8 @@ class TrainConfig:
     contrastive_weight: float = 1.0
     tlm_weight: float = None  # by checkpoint
     contrastive_negatives: str = None  # by checkpoint
-    representation_layer: int = -1
-    pooling: str = "cls"
+    representation_layer: int = None  # by checkpoint
+    pooling: str = None  # by checkpoint
     projection_dim: int = 0
     shuffle_inputs: bool = True
     language_sampling_alpha: float = 0.7
@@ -285,8 +294,12 @@ HELP = {
                              "sides through the trained encoder, no queue or key encoder. By "
                              "checkpoint: queue with an MLM head (the paper), in_batch without "
                              "(the recipe grid on e5-small, RESULTS.md).",
-    "representation_layer": "Encoder layer for the sentence representation (-1 = last).",
-    "pooling": "Sentence representation: [CLS] or mean.",
+    "representation_layer": "Encoder layer for the sentence representation (-1 = last), the "
+                            "one the contrastive objective trains and the export embeds with.",
+    "pooling": "Sentence representation: [CLS] or mean, the one the contrastive objective "
+               "trains, the alignment check and in-training retrieval score, and the export "
+               "embeds with. By checkpoint: [CLS] with an MLM head (the paper), mean without "
+               "(e5-small is a mean-pooling sentence encoder).",
     "projection_dim": "Linear projection before the MoCo loss (0 = none).",
     "shuffle_inputs": "Random input shuffling (per pair: which side is first / the query).",
     "language_sampling_alpha": "Language sampling p_l ~ n_l^alpha.",
@@ -313,9 +326,11 @@ HELP = {
                       "language to TensorBoard and metrics.jsonl while training ('' = off).",
     "retrieval_every": "Retrieval evaluation period in steps (0 = --checkpoint_every).",
     "retrieval_pairs": "Pairs per language for --retrieval_data (the first ones).",
-    "alignment_check": "Before -> after check at the end: demo pairs held out of training, "
-                       "per language the rank of the true translation and its cosine margin "
-                       "over the best wrong one (model_dir/alignment_check.json).",
+    "alignment_check": "Before -> after check at the end, on pairs held out of training (the "
+                       "demo's own; of another corpus min(20, 5%) a language, chosen by "
+                       "--seed): per language the rank of the true translation, its cosine "
+                       "margin over the best wrong one and top-1 accuracy; before also with "
+                       "the other pooling (model_dir/alignment_check.json).",
 }
 # --help lists the flags under these topics, in this order (every field once).
 TOPICS = {

@@ -15,6 +15,11 @@ running the same command again does nothing when it is, starts over when an
 earlier run died, and refuses (naming what differs) when DIR holds something
 else. Layout and record format: tf_mbalign/data/prepared_corpus.py.
 
+Like training in memory, prepare holds pairs out of training for the
+before -> after alignment check (min(20, 5%) a language, chosen by --seed;
+the demo's own pairs for --corpus=demo) and stores them as text beside the
+manifest, so a run on the prepared corpus checks the languages it trains.
+
 Exit codes: 0 prepared (or already), 2 bad flags, input or output.
 """
 
@@ -45,6 +50,10 @@ _SHARDS = flags.DEFINE_integer(
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace what --output holds (another "
                                   "preparation, finished or not).")
 _QUIET = flags.DEFINE_boolean("quiet", False, "Log lines instead of a progress line.")
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Seed that chooses the pairs held out of training for the alignment check "
+    "(min(20, 5%) a language; training in memory with --seed=N holds out the same pairs). "
+    "Training's own --seed does not change a prepared corpus' held-out pairs.")
 flags.mark_flags_as_required(["corpus", "encoder", "output"])
 
 
@@ -64,7 +73,8 @@ def main(argv):
         tokenizer = encoders.load_tokenizer(_ENCODER.value)
         request = corpus_preparation.PreparationRequest.for_tokenizer(
             _CORPUS.value, _ENCODER.value, tokenizer, max_chars=_MAX_CHARS.value,
-            languages=tuple(_LANGUAGES.value), shards_per_language=_SHARDS.value)
+            languages=tuple(_LANGUAGES.value), shards_per_language=_SHARDS.value,
+            hold_out_seed=_SEED.value)
         manifest = corpus_preparation.prepare_corpus(
             request, tokenizer, _OUTPUT.value, overwrite=_OVERWRITE.value,
             progress=corpus_preparation.ProgressLine(quiet=_QUIET.value))
@@ -72,7 +82,8 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         return runtime.BAD_FLAGS_EXIT_CODE
     print(f"prepared {manifest['pairs']:,} pairs ({manifest['pairs_per_language']}; "
-          f"{manifest['skipped_empty']} empty skipped, {manifest['truncated']} truncated) in "
+          f"{manifest['skipped_empty']} empty skipped, {manifest['truncated']} truncated, "
+          f"{manifest.get('held_out_pairs', 0)} held out for the alignment check) in "
           f"{len(manifest['shards'])} shards: {_OUTPUT.value}\n"
           f"train with --corpus=prepared:{_OUTPUT.value} --encoder={_ENCODER.value}")
     return 0

@@ -86,7 +86,7 @@ class CorpusStats:
     skipped_empty: int = 0
     truncated: int = 0
     files: list = dataclasses.field(default_factory=list)
-    held_out: int = 0  # pairs kept out of training (the demo's alignment-check pairs)
+    held_out: int = 0  # pairs kept out of training for the alignment check (`held_out.py`)
 
 
 @dataclasses.dataclass
@@ -100,6 +100,9 @@ class ParallelCorpus:
         language_ids: int32 array, index into `languages` for every pair.
         sources: list of `"file:line"` strings, one per pair (for error reports).
         stats: a `CorpusStats`.
+        held_out: the `held_out.HeldOut` pairs kept out of training for the
+            alignment check (None: none chosen; `training_input.open_corpus`
+            sets it).
     """
 
     english: list
@@ -108,6 +111,7 @@ class ParallelCorpus:
     language_ids: np.ndarray
     sources: list
     stats: CorpusStats
+    held_out: object = None
 
     def __len__(self):
         return len(self.english)
@@ -612,7 +616,7 @@ def read_demo_corpus(languages=None, max_chars=DEFAULT_MAX_CHARS, held_out=False
     else:
         keep = [i for i in range(len(chosen)) if chosen.english[i] not in held_sentences
                 and chosen.other[i] not in held_sentences]
-    return _subset(chosen, keep)
+    return subset(chosen, keep)
 
 
 def stream_demo_corpus(languages=None, max_chars=DEFAULT_MAX_CHARS):
@@ -620,11 +624,11 @@ def stream_demo_corpus(languages=None, max_chars=DEFAULT_MAX_CHARS):
     small enough to hold), so `prepare --corpus=demo` leaves the alignment
     check's pairs out too."""
     training = read_demo_corpus(languages=languages, max_chars=max_chars)
-    pairs = (_pair_of(training, i) for i in range(len(training)))
+    pairs = (pair_of(training, i) for i in range(len(training)))
     return CorpusStream("demo", _StatsOnly(training.stats), pairs)
 
 
-def _pair_of(corpus, i):
+def pair_of(corpus, i):
     """Pair `i` of a `ParallelCorpus` as the `SentencePair` it was read as."""
     file, line = corpus.sources[i].rsplit(":", 1)
     return SentencePair(corpus.english[i], corpus.other[i],
@@ -638,7 +642,7 @@ class _StatsOnly:
     stats: CorpusStats
 
 
-def _subset(corpus, keep):
+def subset(corpus, keep):
     """The pairs `keep` (indices) of a corpus; the others count as held out."""
     stats = dataclasses.replace(corpus.stats, pairs=len(keep),
                                 held_out=corpus.stats.held_out + len(corpus) - len(keep),

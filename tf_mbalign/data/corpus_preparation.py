@@ -5,7 +5,11 @@ rules of training, the same `file:line` errors), tokenizes chunks of pairs
 in parallel TensorFlow threads, and appends each pair to its language's
 shards (`prepared_corpus.py` describes the directory and the records).
 Memory is bounded by the chunks in flight and the open shard writers, not by
-the corpus.
+the corpus. With a `hold_out_seed` (the binary's `--seed`) a first pass, which
+reads without tokenizing, chooses the pairs held out for the alignment check
+as training would in memory (`held_out.py`); they are left out of the shards
+and stored as text in `held_out.jsonl`. The demo's held-out pairs are its own
+and always stored.
 
 Re-running on the same output:
 - a finished preparation of the same corpus (same files, sizes and
@@ -34,6 +38,7 @@ import tensorflow as tf
 
 from tf_mbalign.atomic_files import write_json_atomic
 from tf_mbalign.data import corpus as corpus_lib
+from tf_mbalign.data import held_out as held_out_lib
 from tf_mbalign.data import prepared_corpus as prepared
 from tf_mbalign.data.corpus import CorpusError
 
@@ -52,6 +57,7 @@ class PreparationRequest:
     max_chars: int = corpus_lib.DEFAULT_MAX_CHARS
     languages: tuple = ()
     shards_per_language: int = DEFAULT_SHARDS_PER_LANGUAGE
+    hold_out_seed: int = None  # None: nothing held out (the demo's own pairs are)
 
     @classmethod
     def for_tokenizer(cls, corpus, encoder, tokenizer, **settings):
@@ -60,7 +66,8 @@ class PreparationRequest:
 
     def settings(self):
         return {"max_chars": self.max_chars, "languages": list(self.languages),
-                "shards_per_language": self.shards_per_language}
+                "shards_per_language": self.shards_per_language,
+                "hold_out_seed": self.hold_out_seed}
 
     def differences(self, recorded):
         """What differs from a recorded request (a manifest or a marker)."""
@@ -177,6 +184,8 @@ def _mark_preparing(output, marker_path, request):
         request.to_dict(), pid=os.getpid(), host=socket.gethostname(),
         started=datetime.datetime.now().isoformat(timespec="seconds")), indent=1)
     shutil.rmtree(os.path.join(output, prepared.SHARD_FOLDER), ignore_errors=True)
+    if os.path.exists(os.path.join(output, prepared.HELD_OUT_FILE)):
+        os.remove(os.path.join(output, prepared.HELD_OUT_FILE))
     os.makedirs(os.path.join(output, prepared.SHARD_FOLDER))
 
 
@@ -346,8 +355,7 @@ def prepare_corpus(request, tokenizer, output, overwrite=False, progress=None, l
             f"{len(existing['shards'])} shards); nothing to do.")
         return existing
     started = time.monotonic()
-    stream = corpus_lib.stream_corpus(request.corpus, max_chars=request.max_chars,
-                                      languages=list(request.languages) or None)
+    stream, held = training_stream(request, log)
     writers = ShardWriters(output, request.shards_per_language)
     pairs = 0
     try:
@@ -362,14 +370,37 @@ def prepare_corpus(request, tokenizer, output, overwrite=False, progress=None, l
         shards = writers.close()
     if progress:
         progress.finish(pairs)
+    if held is not None:
+        held.write(os.path.join(output, prepared.HELD_OUT_FILE))
     manifest = _manifest(request, stream.stats, writers.pairs_per_language, shards,
-                         time.monotonic() - started)
+                         time.monotonic() - started, held)
     write_json_atomic(os.path.join(output, prepared.MANIFEST_FILE), manifest, indent=1)
     os.remove(os.path.join(output, prepared.PREPARING_FILE))
     return manifest
 
 
-def _manifest(request, stats, pairs_per_language, shards, seconds):
+def training_stream(request, log=print):
+    """(the `CorpusStream` of the pairs training keeps, their `HeldOut` or
+    None): the demo less its own held-out pairs; another corpus less those
+    `request.hold_out_seed` chooses, found by a first pass over it."""
+    def read():
+        return corpus_lib.stream_corpus(request.corpus, max_chars=request.max_chars,
+                                        languages=list(request.languages) or None)
+
+    if request.corpus == "demo":
+        return read(), held_out_lib.demo_held_out(request.max_chars)
+    if request.hold_out_seed is None:
+        return read(), None
+    log(f"{request.corpus}: choosing the pairs held out for the alignment check "
+        f"({held_out_lib.RULE_TEXT[held_out_lib.CORPUS_RULE]}, seed {request.hold_out_seed}; "
+        "a first pass that reads without tokenizing)")
+    chooser = held_out_lib.HeldOutChooser(request.hold_out_seed)
+    for index, pair in enumerate(read()):
+        chooser.add(index, pair.language, pair.english, pair)
+    return held_out_lib.without_held_out(read(), chooser)
+
+
+def _manifest(request, stats, pairs_per_language, shards, seconds, held=None):
     return dict(
         format=prepared.FORMAT, version=prepared.FORMAT_VERSION,
         record_layout=prepared.RECORD_LAYOUT,
@@ -380,6 +411,8 @@ def _manifest(request, stats, pairs_per_language, shards, seconds):
         pairs_per_language=dict(sorted(pairs_per_language.items())),
         skipped_empty=stats.skipped_empty,
         truncated=stats.truncated,
+        held_out_pairs=stats.held_out,
+        held_out=dict(held.describe(), file=prepared.HELD_OUT_FILE) if held else None,
         shards=[dataclasses.asdict(shard) for shard in shards],
         seconds=round(seconds, 1),
         created=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -12,18 +12,23 @@ memory. A directory:
                                 pairs of one language; the language's k-th
                                 pair goes to shard k mod `shards_per_language`
                                 (so every shard holds a spread sample of it)
+    DIR/held_out.jsonl          the pairs held out of training for the
+                                alignment check, as text (`held_out.py`:
+                                the in-memory rule under prepare's --seed)
 
 One TFRecord record per pair: a little-endian int32 vector
 
     [pair_id, file_index, line, english_length, english ids..., other ids...]
 
-`pair_id` numbers the validated pairs in corpus order (the index the
-in-memory reader would give the pair), `file_index` points into the
+`pair_id` numbers the pairs training keeps in corpus order (the index the
+in-memory reader would give the pair once the held-out pairs are left out), `file_index` points into the
 manifest's `files` and `line` is the pair's line there (TFDS: its index).
 
 The manifest says what the shards hold and what made them: the corpus and
 its files (sizes, modification times), the tokenizer's fingerprint, the
-validation counts, and every shard's language, pair count, size and CRC-32.
+validation counts, every shard's language, pair count, size and CRC-32, and
+what was held out (`held_out`: rule, seed, counts; absent in corpora
+prepared before pairs were held out, which are trained without the check).
 """
 
 import dataclasses
@@ -36,12 +41,14 @@ import tensorflow as tf
 
 from tf_mbalign.data import corpus as corpus_lib
 from tf_mbalign.data.corpus import CorpusError, CorpusStats
+from tf_mbalign.data.held_out import HeldOut
 
 FORMAT = "tf_mbalign.prepared_corpus"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PREPARING_FILE = ".preparing.json"
 SHARD_FOLDER = "shards"
+HELD_OUT_FILE = "held_out.jsonl"
 SPEC_PREFIX = "prepared:"
 RECORD_LAYOUT = ("little-endian int32: pair_id, file_index, line, english_length, "
                  "english ids, other ids")
@@ -191,8 +198,10 @@ class PreparedCorpus:
         manifest: the manifest dict.
         shards: `ShardInfo`s of the languages in use, paths made absolute.
         languages: sorted language codes in use.
-        stats: a `CorpusStats` (pairs of the languages in use; the skipped and
-            truncated counts of the whole preparation).
+        stats: a `CorpusStats` (pairs of the languages in use; the skipped,
+            truncated and held-out counts of the whole preparation).
+        held_out: the `HeldOut` pairs of the languages in use (None: the
+            corpus was prepared before pairs were held out).
     """
 
     def __init__(self, directory, manifest, languages=None):
@@ -213,7 +222,11 @@ class PreparedCorpus:
         self.stats = CorpusStats(
             pairs=sum(counts[language] for language in self.languages),
             skipped_empty=manifest["skipped_empty"], truncated=manifest["truncated"],
-            files=list(manifest["files"]))
+            files=list(manifest["files"]), held_out=manifest.get("held_out_pairs", 0))
+        self.held_out = None
+        if manifest.get("held_out"):
+            self.held_out = HeldOut.read(os.path.join(directory, HELD_OUT_FILE)).restricted(
+                self.languages)
 
     @classmethod
     def open(cls, directory, languages=None):

@@ -6,9 +6,14 @@ tf_mbalign.prepare`) is streamed from its shards (`streamed_pipeline.py`);
 every other corpus is read, validated and held in memory exactly as before
 (`corpus.read_corpus` + `pipeline.py`). Large corpora should be prepared:
 `large_corpus_hint` says so for big in-memory ones.
+
+Either way the corpus comes with the pairs held out of training for the
+before -> after alignment check (`held_out.py`): the demo's own, those a
+seed chooses from an in-memory corpus, or those `prepare` stored.
 """
 
 from tf_mbalign.data import corpus as corpus_lib
+from tf_mbalign.data import held_out as held_out_lib
 from tf_mbalign.data import pipeline, streamed_pipeline
 from tf_mbalign.data.prepared_corpus import PreparedCorpus, prepared_directory
 
@@ -17,13 +22,22 @@ from tf_mbalign.data.prepared_corpus import PreparedCorpus, prepared_directory
 LARGE_CORPUS_PAIRS = 2_000_000
 
 
-def open_corpus(spec, max_chars=corpus_lib.DEFAULT_MAX_CHARS, languages=None):
-    """A `PreparedCorpus` for a prepared directory, else the `ParallelCorpus`
-    read into memory."""
+def open_corpus(spec, max_chars=corpus_lib.DEFAULT_MAX_CHARS, languages=None,
+                hold_out_seed=None):
+    """A `PreparedCorpus` for a prepared directory (its held-out pairs are
+    those `prepare` chose), else the `ParallelCorpus` read into memory: the
+    demo less its held-out pairs, any other corpus less those `hold_out_seed`
+    chooses (None: nothing is held out). Either way `corpus.held_out` is the
+    `HeldOut` (None: nothing held out)."""
     directory = prepared_directory(spec)
     if directory is not None:
         return PreparedCorpus.open(directory, languages=languages)
-    return corpus_lib.read_corpus(spec, max_chars=max_chars, languages=languages)
+    corpus = corpus_lib.read_corpus(spec, max_chars=max_chars, languages=languages)
+    if spec == "demo":
+        corpus.held_out = held_out_lib.demo_held_out(max_chars)
+    elif hold_out_seed is not None:
+        corpus = held_out_lib.hold_out(corpus, hold_out_seed)
+    return corpus
 
 
 def check_tokenizer(corpus, tokenizer, encoder):

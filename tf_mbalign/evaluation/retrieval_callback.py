@@ -28,7 +28,8 @@ class RetrievalCallback(keras.callbacks.Callback, TrainingCallback):
         every_n_steps: evaluation period in steps.
         max_pairs: pairs per language (the first ones), for speed.
         languages: restrict to these languages (default: all found).
-        pooling, layer, max_length: the sentence representation.
+        pooling, layer, max_length: the sentence representation (pooling or
+            layer None: the alignment run's, known when it starts).
         encoder: the encoder to embed with; default `model.encoder`.
 
     Example:
@@ -65,7 +66,8 @@ class RetrievalCallback(keras.callbacks.Callback, TrainingCallback):
     def for_alignment_run(cls, config):
         """The in-training retrieval of a `TrainConfig` (`--retrieval_data`,
         `--retrieval_every`, `--retrieval_pairs`); reads the data now, so a
-        wrong path fails before training starts."""
+        wrong path fails before training starts. A pooling or layer left to
+        the checkpoint is the run's once it starts."""
         return cls(
             config.retrieval_data, None, log_dir=os.path.join(config.model_dir, "tensorboard"),
             every_n_steps=config.retrieval_every or config.checkpoint_every,
@@ -84,6 +86,9 @@ class RetrievalCallback(keras.callbacks.Callback, TrainingCallback):
         if not self.active:
             return
         self.tokenizer = self.tokenizer or run.bundle.tokenizer
+        self.pooling = self.pooling or run.config.pooling
+        if self.layer is None:
+            self.layer = run.config.representation_layer
         self.set_model(run.aligner)
         self._embedder = None
         if start_step == 0:

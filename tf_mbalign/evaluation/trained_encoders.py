@@ -79,7 +79,7 @@ def load_trained_encoder(spec, dropout=None):
         bundle, aligner, checkpoint = restore_trained_aligner(config)
         return TrainedEncoder(
             aligner.encoder, bundle.tokenizer, source=checkpoint, kind="run",
-            pooling=config.pooling, representation_layer=config.representation_layer,
+            pooling=aligner.pooling, representation_layer=aligner.representation_layer,
         )
     bundle = encoders.load_encoder(spec, dropout=0.1 if dropout is None else dropout)
     return TrainedEncoder(bundle.encoder, bundle.tokenizer, source=bundle.source,

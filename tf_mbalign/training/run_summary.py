@@ -19,7 +19,12 @@ summary holds:
 - the loss and accuracy curves drawn to `training_curves.png`
   (`training_curves.py`; a drawing that fails is reported, never fatal);
 - the export's paths relative to `model_dir` (when this session exported) and
-  the three lines of code that load the sentence-embedding model.
+  the three lines of code that load the sentence-embedding model;
+- the before -> after alignment check of this session (read from
+  `alignment_check.json`, which `evaluation/alignment_check.py` writes): per
+  checked language the mean rank, margin and top-1 accuracy before and
+  after, and the export's embedding against the unaligned model at its best
+  pooling, marked when the export is worse.
 
 Both files are written atomically. `summary_block` is the short text the
 binary prints at its end.
@@ -46,6 +51,7 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 EXPORT_FOLDER = "export"
 EXPORT_INFO = "export_info.json"
+ALIGNMENT_CHECK_JSON = "alignment_check.json"
 # The figures averaged over the start and end windows of each phase.
 WINDOW_METRICS = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy")
 MAX_WINDOW = 10
@@ -115,6 +121,7 @@ def build_summary(run, outcome, error, start_step, since, records=None):
         "checkpoints": checkpoint_sizes(run.state.directory, config.model_dir),
         "export": export,
         "load_export": load_lines(config.model_dir, export),
+        "alignment_check": alignment_check_summary(config.model_dir, since),
     }
 
 
@@ -273,6 +280,39 @@ def load_lines(model_dir, export):
     ]
 
 
+def check_languages(scores):
+    """The languages of an alignment check's scores (not "all", "step",
+    "candidates")."""
+    return [key for key in scores if key not in ("all", "step", "candidates")]
+
+
+def alignment_check_summary(model_dir, since):
+    """The alignment check this session finished (its `alignment_check.json`
+    written since `since`, with its "after" half), per checked language: the
+    figures before and after and the export against the unaligned model at
+    its best pooling; None without one."""
+    path = os.path.join(model_dir, ALIGNMENT_CHECK_JSON)
+    if not os.path.isfile(path) or os.path.getmtime(path) < since - 1:
+        return None
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    after = report.get("after")
+    if not after:
+        return None
+    before = report.get("before") or {}
+    comparison = report.get("export_against_unaligned", {})
+    languages = {}
+    for language in check_languages(after):
+        against = comparison.get(language, {})
+        languages[language] = {
+            "pairs": after[language]["pairs"], "before": before.get(language),
+            "after": after[language], "unaligned_best": against.get("unaligned_best"),
+            "export_worse": against.get("worse")}
+    return {"pooling": report["pooling"], "layer": report["layer"],
+            "held_out": report.get("held_out"), "candidates": after["candidates"],
+            "steps": [before.get("step"), after["step"]], "languages": languages}
+
+
 # === Writing and showing ===
 
 def write_summary(model_dir, summary):
@@ -317,6 +357,7 @@ def summary_block(summary):
         lines.append(f"  curves: {summary['model_dir']}/{summary['curves']}")
     if summary["error"]:
         lines.append(f"  error: {summary['error']}")
+    lines += _check_lines(summary.get("alignment_check"))
     if summary["export"]:
         lines.append("  export (in model_dir): " + ", ".join(
             f"{k} {v}" for k, v in summary["export"].items()))
@@ -337,6 +378,27 @@ def summary_markdown(summary):
         text += [f"![loss and accuracy curves]({summary['curves']})", ""]
     text.append(f"Every figure: `{SUMMARY_JSON}` (same folder).")
     return "\n".join(text) + "\n"
+
+
+def _check_lines(check):
+    """Per checked language: the export's embedding against the unaligned
+    model at its best pooling (higher top-1 accuracy, then lower mean rank)."""
+    if not check:
+        return []
+    lines = [f"  export ({check['pooling']} pooling) vs the unaligned model at its best "
+             f"pooling, xx -> en among {check['candidates']} held-out English sentences "
+             f"({ALIGNMENT_CHECK_JSON}):"]
+    for language, row in check["languages"].items():
+        best, now = row["unaligned_best"], row["after"]
+        if best is None:
+            lines.append(f"    {language:<9}accuracy {now['accuracy']:.3f}, mean rank "
+                         f"{now['mean_rank']:.2f} (unaligned: not known)")
+            continue
+        lines.append(
+            f"    {language:<9}accuracy {now['accuracy']:.3f} vs {best['accuracy']:.3f} "
+            f"({best['pooling']}), mean rank {now['mean_rank']:.2f} vs {best['mean_rank']:.2f}"
+            + ("   << WORSE than the unaligned model" if row["export_worse"] else ""))
+    return lines
 
 
 def _window_text(window):

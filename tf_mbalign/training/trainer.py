@@ -76,9 +76,11 @@ class AlignmentRun:
         self.preempted = False
         self.history = []
         # Inputs first (validated before anything heavy).
+        # Less the pairs the alignment check holds out (a function of the
+        # corpus and the seed, so a resumed run holds out the same ones).
         self.corpus = training_input.open_corpus(
-            config.corpus, max_chars=config.max_chars, languages=list(config.languages) or None
-        )
+            config.corpus, max_chars=config.max_chars, languages=list(config.languages) or None,
+            hold_out_seed=config.seed)
         # The strategy next: multi-worker collectives must be configured
         # before anything initializes the TensorFlow runtime.
         self.strategy = distribute.get_strategy(config.strategy, config.tpu)
