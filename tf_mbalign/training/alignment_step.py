@@ -5,8 +5,9 @@ The step of the paper's method, per replica:
 1. keys: the momentum encoder embeds the key side (no gradient; MoCo's
    queue only: with in-batch negatives both sides are embedded under the
    tape by the trained encoder);
-2. `Aligner.compute_losses`: TLM + contrastive loss on this replica's batch
-   (an objective of weight 0 is not computed);
+2. `Aligner.compute_losses`: TLM + contrastive loss (+ the English anchor,
+   whose frozen teacher runs without gradient) on this replica's batch (an
+   objective of weight 0 is not computed);
 3. the gradients (the tied token table's decoder part taken apart from its
    lookups', `AlignmentStep.decoder_table`);
    `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
@@ -148,12 +149,17 @@ class AlignmentStep:
         return tf.convert_to_tensor(table), index
 
 
-def build_aligner(config, bundle):
+def build_aligner(config, bundle, teacher=True):
     """The `Aligner` of a `TrainConfig` around `bundle.encoder` (and the
     checkpoint's MLM head weights, when it has them). Defaults left to the
-    checkpoint are resolved for `bundle` first."""
+    checkpoint are resolved for `bundle` first. The English anchor's teacher
+    copies `bundle.encoder` now (call before restoring a checkpoint);
+    `teacher=False` leaves the anchor off (reading a trained encoder back)."""
     config, _ = config.with_checkpoint_defaults(checkpoint_kind(bundle))
-    aligner = Aligner(bundle.encoder, name="aligner", **config.aligner_arguments())
+    arguments = config.aligner_arguments()
+    if not teacher:
+        arguments["anchor_weight"] = 0.0
+    aligner = Aligner(bundle.encoder, name="aligner", **arguments)
     if bundle.mlm_head_weights is not None:
         encoders.set_mlm_head_weights(aligner.mlm_head, bundle.mlm_head_weights)
     return aligner
