@@ -311,7 +311,8 @@ class Aligner(keras.Model):
 
     # === Losses ===
 
-    def compute_losses(self, batch, keys=None, training=True, decoder_table=None):
+    def compute_losses(self, batch, keys=None, training=True, decoder_table=None,
+                       anchor_targets=None):
         """The loss terms of one replica's batch, each divided by its global count.
 
         Args:
@@ -323,6 +324,9 @@ class Aligner(keras.Model):
             decoder_table: optional tensor of `tied_table()`'s value for the
                 MLM head to decode with (the alignment step's separate
                 gradient of the decoder; `AlignmentStep`).
+            anchor_targets: the teacher's vectors of `batch` (`anchor_targets`,
+                taken outside the gradient tape by `AlignmentStep`); computed
+                here when None and the anchor is on.
 
         Returns:
             (losses, partial_sums): `losses` holds `loss`, `tlm_loss`,
@@ -336,8 +340,8 @@ class Aligner(keras.Model):
         vectors = self.trained_sentence_vectors(batch, training)
         moco_loss, moco_sums = (self.contrastive_terms(batch, keys, training, vectors)
                                 if self.uses_contrastive else (zero, {}))
-        anchor_loss, anchor_sums = (self.anchor_terms(batch, vectors) if self.uses_anchor
-                                    else (zero, {}))
+        anchor_loss, anchor_sums = (self.anchor_terms(batch, vectors, anchor_targets)
+                                    if self.uses_anchor else (zero, {}))
         loss = self.tlm_weight * tlm_loss + self.contrastive_weight * moco_loss
         if self.uses_anchor:
             loss += self.anchor_weight * anchor_loss
@@ -397,13 +401,15 @@ class Aligner(keras.Model):
                           tf.float32)
         return moco_loss, {"moco_losses": row_losses, "moco_correct": correct}
 
-    def anchor_terms(self, batch, vectors):
+    def anchor_terms(self, batch, vectors, targets=None):
         """(anchor_loss, partial sums): the distance of the trained encoder's
         representations of both sides (`vectors["query"]`, `vectors["key"]`)
-        to the teacher's representation of the English side, averaged over
-        the global batch's 2B sentences (sentence level)."""
+        to the teacher's representation of the English side (`targets`,
+        `anchor_targets(batch)` when None), averaged over the global batch's
+        2B sentences (sentence level)."""
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        targets = english_anchor.teacher_targets(self.teacher, batch, self.sentence_vectors)
+        if targets is None:
+            targets = self.anchor_targets(batch)
         distances = tf.concat([
             english_anchor.anchor_distances(vectors[side], targets, self.anchor_loss)
             for side in ("query", "key")], axis=0)
@@ -460,6 +466,13 @@ class Aligner(keras.Model):
         if self.uses_anchor:
             self.anchor_loss_tracker.update_state(partial_sums["anchor_distances"])
         self.gradient_norm.update_state(gradient_norm)
+
+    def anchor_targets(self, batch):
+        """The teacher's sentence representations of each pair's English
+        side, without gradient; None when the anchor is off."""
+        if not self.uses_anchor:
+            return None
+        return english_anchor.teacher_targets(self.teacher, batch, self.sentence_vectors)
 
     # === MoCo mechanics ===
 
