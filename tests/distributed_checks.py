@@ -1,13 +1,14 @@
 """Checks that need several logical devices, run in a fresh process.
 
-`python tests/distributed_checks.py mirrored_equivalence OUT.json [NEGATIVES]`
+`python tests/distributed_checks.py mirrored_equivalence OUT.json [VARIANT]`
 splits the CPU into 2 logical devices (possible only before TensorFlow
 starts, hence a separate process), runs the same steps on one device and
 under MirroredStrategy on the same global batches, and writes the per-step
 metrics and the largest weight differences to OUT.json for the test to check.
-NEGATIVES is `queue` (MoCo, the default) or `in_batch` (symmetric InfoNCE over
+VARIANT is `queue` (MoCo, the default), `in_batch` (symmetric InfoNCE over
 the global batch; two rows on different replicas are then given the same
-pair id, so the cross-replica same-pair mask is exercised too).
+pair id, so the cross-replica same-pair mask is exercised too) or `anchor`
+(`in_batch` plus the English anchor).
 """
 
 import json
@@ -32,19 +33,24 @@ from tf_mbalign.config import TrainConfig  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib  # noqa: E402
 from tf_mbalign.data import pipeline  # noqa: E402
 from tf_mbalign.modeling import encoders  # noqa: E402
+from tf_mbalign.modeling.bert_encoder import copy_weights  # noqa: E402
 from tf_mbalign.training.alignment_step import build_alignment_step  # noqa: E402
 
 STEPS = 3
 GLOBAL_BATCH = 8
+VARIANTS = {
+    "queue": dict(contrastive_negatives="queue", tlm_weight=1.0),
+    "in_batch": dict(contrastive_negatives="in_batch", tlm_weight=0.5),
+    "anchor": dict(contrastive_negatives="in_batch", tlm_weight=0.5, anchor_weight=1.0),
+}
 
 
-def _config(negatives="queue"):
+def _config(variant="queue"):
     return TrainConfig(
         encoder="tiny:demo", model_dir="/tmp/unused", train_steps=STEPS, global_batch_size=GLOBAL_BATCH,
         queue_size=12, max_seq_length=48, max_sentence_length=24, max_predictions_per_seq=8,
         learning_rate=1e-3, warmup_steps=0, dropout=0.0, max_gradient_norm=0.5, momentum=0.9,
-        contrastive_negatives=negatives, tlm_weight=0.5 if negatives == "in_batch" else 1.0,
-        precision=TEST_PRECISION,
+        precision=TEST_PRECISION, **VARIANTS[variant],
     )
 
 
@@ -84,8 +90,9 @@ def _largest_relative_difference(reference, other, floor=1e-6):
                for a, b in zip(reference, other) if a.size)
 
 
-def mirrored_equivalence(out_path, negatives="queue"):
-    config = _config(negatives)
+def mirrored_equivalence(out_path, variant="queue"):
+    config = _config(variant)
+    negatives = config.contrastive_negatives
     keras.utils.set_random_seed(0)
     corpus = corpus_lib.read_corpus("demo")
     bundle = encoders.load_encoder(config.encoder, dropout=0.0)
@@ -104,6 +111,11 @@ def mirrored_equivalence(out_path, negatives="queue"):
         mirrored_training = build_alignment_step(config, twin)
     mirrored = mirrored_training.aligner
     mirrored.set_weights(single.get_weights())
+    if single.teacher is not None:
+        # The teacher is not in `weights`. Both take the twin's starting
+        # weights, which differ from the trained encoder's, so the English
+        # side's anchor term is not 0 at the first step (dropout is off).
+        copy_weights(mirrored.teacher.weights, single.teacher.weights)
 
     @tf.function
     def single_step(batch):
@@ -150,6 +162,7 @@ def mirrored_equivalence(out_path, negatives="queue"):
             float(np.max(np.abs(a - b))) if a.size else 0.0
             for a, b in zip(before, single.encoder.get_weights())))
     report["negatives"] = negatives
+    report["variant"] = variant
     if single.key_queue is not None:
         report["queue_filled"] = [int(single.key_queue.filled.numpy()),
                                   int(mirrored.key_queue.filled.numpy())]

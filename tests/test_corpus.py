@@ -225,6 +225,74 @@ def test_comma_list_of_three_non_tsv_files_is_refused(tmp_path):
         corpus_lib.read_corpus(",".join(paths))
 
 
+# --- a comma list of directories and TSV files -------------------------------------
+
+
+def _two_directories(tmp_path):
+    """weak/ (kab, oci) and strong/ (de, fr): four languages in two folders."""
+    for folder, files in {"weak": {"kab": "Hello\tAzul\nNight\tId\n", "oci": "Yes\tÒc\n"},
+                          "strong": {"de": "Hello\tHallo\n", "fr": "Yes\tOui\nNo\tNon\n"}}.items():
+        (tmp_path / folder).mkdir()
+        for language, text in files.items():
+            _write(tmp_path / folder / f"en-{language}.tsv", text)
+    return str(tmp_path / "weak"), str(tmp_path / "strong")
+
+
+def test_comma_list_of_directories_and_tsv_files_is_one_corpus(tmp_path):
+    weak, strong = _two_directories(tmp_path)
+    extra = _write(tmp_path / "en-eus.tsv", "Night\tGau\n")
+    corpus = corpus_lib.read_corpus(f"{weak},{strong},{extra}")
+    assert corpus.language_counts() == {"de": 1, "eus": 1, "fr": 2, "kab": 2, "oci": 1}
+    # Items in the order given, a directory's files by language; file:line sources.
+    assert corpus.sources == [f"{weak}/en-kab.tsv:1", f"{weak}/en-kab.tsv:2",
+                              f"{weak}/en-oci.tsv:1", f"{strong}/en-de.tsv:1",
+                              f"{strong}/en-fr.tsv:1", f"{strong}/en-fr.tsv:2", f"{extra}:1"]
+    assert len(corpus.stats.files) == 5
+    # Language sampling runs over the union: alpha 0 gives each of the 5
+    # languages 7/5 of an epoch's 7 pairs, rounded to 1 or 2.
+    index = corpus_lib.epoch_index(corpus, alpha=0.0)
+    assert sorted(np.bincount(corpus.language_ids[index], minlength=5)) == [1, 1, 1, 2, 2]
+    # --languages picks from the union; a language in no item is named.
+    chosen = corpus_lib.read_corpus(f"{weak},{strong}", languages=["fr", "kab"])
+    assert chosen.languages == ["fr", "kab"] and len(chosen) == 4
+    with pytest.raises(FileNotFoundError, match=r"no file for language\(s\) \['gle'\]; "
+                                                r"expected en-gle.tsv"):
+        corpus_lib.read_corpus(f"{weak},{strong}", languages=["de", "gle"])
+
+
+def test_comma_list_of_directories_keeps_file_and_line_errors(tmp_path):
+    weak, strong = _two_directories(tmp_path)
+    bad = _write(tmp_path / "strong" / "en-fr.tsv", "Yes\tOui\njust one sentence\n")
+    with pytest.raises(CorpusError, match=f"^{bad}:2: expected `english<TAB>other`"):
+        corpus_lib.read_corpus(f"{weak},{strong}")
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ("strong/en-de.tsv", "the same file twice"),  # also reached through strong/
+    ("more/en-kab.tsv", "language 'kab' twice"),
+    ("notes.txt", "is neither a directory of en-XX.tsv files nor a .tsv file"),
+    ("missing/", "is neither a directory"),
+])
+def test_comma_list_of_directories_refuses_repeats_and_other_items(tmp_path, extra, expected):
+    weak, strong = _two_directories(tmp_path)
+    (tmp_path / "more").mkdir()
+    _write(tmp_path / "more" / "en-kab.tsv", "Yes\tIh\n")
+    _write(tmp_path / "notes.txt", "Yes\tIh\n")
+    with pytest.raises(CorpusError, match=expected) as info:
+        corpus_lib.read_corpus(f"{weak},{strong},{tmp_path / extra}")
+    if "twice" in expected:  # both files named, and the fix
+        assert str(tmp_path / extra) in str(info.value) and "concatenate" in str(info.value)
+
+
+def test_files_of_unknown_language_may_repeat_in_a_comma_list(tmp_path):
+    weak, _ = _two_directories(tmp_path)
+    first = _write(tmp_path / "a.tsv", "Yes\tJa\n")
+    (tmp_path / "b").mkdir()
+    second = _write(tmp_path / "b" / "a.tsv", "No\tNein\n")
+    corpus = corpus_lib.read_corpus(f"{weak},{first},{second}")
+    assert corpus.language_counts() == {"kab": 2, "oci": 1, "xx": 2}
+
+
 def test_line_aligned_language_from_the_file_extensions(tmp_path):
     english = _write(tmp_path / "train.en", "one\n")
     german = _write(tmp_path / "train.de", "eins\n")

@@ -50,7 +50,7 @@ def test_finished_run_writes_and_prints_the_summary_and_its_load_lines_work(tmp_
                                                             "source": "set: --queue_size"}
     assert summary["checkpoint_defaults"]["temperature"]["value"] == 0.07
     assert summary["objectives"] == {"tlm_weight": 1.0, "contrastive_weight": 1.0,
-                                     "contrastive_negatives": "queue"}
+                                     "contrastive_negatives": "queue", "anchor_weight": 0.0}
     assert summary["checkpoints"]["latest"] == "ckpt-3"
     assert 0 < summary["checkpoints"]["latest_bytes"] <= summary["checkpoints"]["all_bytes"]
     # Export paths relative to model_dir, and they exist.
@@ -111,6 +111,9 @@ def test_preempted_run_writes_the_summary_and_moco_is_null_while_the_queue_is_em
     assert written["metrics"]["encoder"]["end"]["steps"] == "3-3"
     assert written["metrics"]["encoder"]["end"]["queue_fill"] == 16
     assert "# Run summary: preempted" in markdown and "moco_loss n/a" in markdown
+    # The anchor is off: no column for it.
+    assert written["metrics"]["encoder"]["end"]["anchor_loss"] is None
+    assert "anchor_loss" not in markdown
 
 
 def test_failed_run_writes_the_summary_with_the_error(tmp_path, monkeypatch):

@@ -11,15 +11,20 @@ from tf_mbalign.training.trainer import AlignmentRun
 
 
 def _losses(history):
-    """(step, loss, tlm_loss, moco_loss) per record; a MoCo loss logged as
-    None (no negatives yet) is NaN, which assert_allclose matches with NaN."""
+    """(step, loss, tlm_loss, moco_loss, anchor_loss) per record; a loss
+    logged as None (MoCo without negatives yet, the anchor off) is NaN, which
+    assert_allclose matches with NaN."""
     return [(h["step"], h["loss"], h["tlm_loss"],
-             np.nan if h["moco_loss"] is None else h["moco_loss"]) for h in history]
+             *(np.nan if h[name] is None else h[name] for name in ("moco_loss", "anchor_loss")))
+            for h in history]
 
 
-def test_resume_gives_the_same_per_step_losses(tmp_path):
-    # Dropout on, head warm-up, and a restart in the encoder phase.
-    common = dict(head_warmup_steps=2, dropout=0.1, checkpoint_every=3)
+@pytest.mark.parametrize("objectives", [
+    {}, {"anchor_weight": 0.5, "contrastive_negatives": "in_batch"}], ids=["moco", "anchor"])
+def test_resume_gives_the_same_per_step_losses(tmp_path, objectives):
+    # Dropout on, head warm-up, and a restart in the encoder phase. With the
+    # anchor, the resumed run rebuilds its teacher from the encoder it loads.
+    common = dict(head_warmup_steps=2, dropout=0.1, checkpoint_every=3, **objectives)
     straight = AlignmentRun(tiny_train_config(tmp_path / "a", train_steps=4, **common)).run()
     first = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=1, **common)).run()
     second = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=4, **common)).run()
@@ -27,6 +32,9 @@ def test_resume_gives_the_same_per_step_losses(tmp_path):
     # Losses are ~5-10: relative 1e-5 (float32 summation order) + a small absolute floor.
     np.testing.assert_allclose(np.array(_losses(straight)), np.array(_losses(first + second)),
                                rtol=1e-5, atol=1e-6)
+    if objectives:  # The anchor was computed and changed once the encoder trained.
+        anchors = [h["anchor_loss"] for h in straight]
+        assert all(a is not None and a > 0 for a in anchors) and anchors[-1] != anchors[0]
     # metrics.jsonl of the resumed run holds each step once.
     with open(tmp_path / "b" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
@@ -56,19 +64,22 @@ def test_training_lowers_the_losses(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("negatives", ["queue", "in_batch"])
-def test_mirrored_step_equals_single_device_step(tmp_path, negatives):
-    """MoCo's queue, and in-batch negatives gathered over replicas with their
-    gradient (with tlm_weight 0.5 and a pair id shared across replicas)."""
+@pytest.mark.numerics
+@pytest.mark.parametrize("variant", ["queue", "in_batch", "anchor"])
+def test_mirrored_step_equals_single_device_step(tmp_path, variant):
+    """MoCo's queue, in-batch negatives gathered over replicas with their
+    gradient (with tlm_weight 0.5 and a pair id shared across replicas), and
+    in-batch negatives with the English anchor."""
     out = tmp_path / "mirrored.json"
     result = run_module([os.path.join(REPO_ROOT, "tests", "distributed_checks.py"),
-                         "mirrored_equivalence", str(out), negatives])
+                         "mirrored_equivalence", str(out), variant])
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["replicas"] == 2
+    negatives = report["negatives"]
+    assert report["replicas"] == 2 and report["variant"] == variant
     for single, mirrored in zip(report["single"], report["mirrored"]):
         for key in ("loss", "tlm_loss", "moco_loss", "tlm_accuracy", "moco_accuracy",
-                    "gradient_norm"):
+                    "anchor_loss", "gradient_norm"):
             # Relative: losses and gradient norms are O(1-10); replicas sum in another order.
             assert abs(single[key] - mirrored[key]) <= 1e-5 * max(1.0, abs(single[key])), (
                 key, single, mirrored)
@@ -80,6 +91,7 @@ def test_mirrored_step_equals_single_device_step(tmp_path, negatives):
     assert max(report["max_weight_diff"]) <= (1e-5 if negatives == "queue" else 5e-5)
     assert min(report["weights_changed"]) > 5e-4  # the steps really trained (Adam: ~lr)
     assert report["single"][1]["moco_loss"] > 0  # negatives were used
+    assert (report["single"][0]["anchor_loss"] > 0) == (variant == "anchor")
     if negatives == "queue":
         assert max(report["max_queue_diff"]) <= 1e-5
         assert report["queue_filled"] == [12, 12] and report["queue_pointer"] == [0, 0]
@@ -137,7 +149,7 @@ def test_invalid_flags_are_reported_together(tmp_path):
 def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
     result = _train(["--help"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    topics = ["data:", "model:", "objectives (TLM, MoCo):", "optimizer:",
+    topics = ["data:", "model:", "objectives (TLM, MoCo, English anchor):", "optimizer:",
               "checkpoints and runtime:", "distribution:"]
     positions = [result.stdout.index(f"\n{topic}\n") for topic in topics]
     assert positions == sorted(positions)
@@ -151,6 +163,7 @@ def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
     assert "--contrastive_negatives (default: by checkpoint: 'queue' with an MLM head, " \
         "'in_batch' without)" in result.stdout
     assert "\n  --tlm_weight " in result.stdout and "\n  --contrastive_negatives " in result.stdout
+    assert "\n  --anchor_weight (default: 0.0)" in result.stdout
     assert not (tmp_path / "run").exists()
 
 

@@ -19,6 +19,7 @@ from absl import flags
 from tf_mbalign import distribute
 from tf_mbalign.data.pipeline import PipelineConfig
 from tf_mbalign.modeling.aligner import NEGATIVES, Aligner
+from tf_mbalign.modeling.english_anchor import ANCHOR_LOSSES
 
 # === Defaults that depend on the checkpoint ===
 # Kinds of checkpoint (`checkpoint_kind`).
@@ -113,6 +114,8 @@ class TrainConfig:
     contrastive_weight: float = 1.0
     tlm_weight: float = None  # by checkpoint
     contrastive_negatives: str = None  # by checkpoint
+    anchor_weight: float = 0.0
+    anchor_loss: str = "mse"
     representation_layer: int = None  # by checkpoint
     pooling: str = None  # by checkpoint
     projection_dim: int = 0
@@ -175,11 +178,12 @@ class TrainConfig:
 
     def _objective_problems(self):
         problems = []
-        if (self.tlm_weight or 0) < 0 or self.contrastive_weight < 0:
-            problems.append("--tlm_weight and --contrastive_weight must be >= 0 (0 = off)")
-        elif self.tlm_weight == 0 and self.contrastive_weight == 0:
-            problems.append("--tlm_weight=0 and --contrastive_weight=0 leave nothing to train; "
-                            "set one of them > 0")
+        if (self.tlm_weight or 0) < 0 or self.contrastive_weight < 0 or self.anchor_weight < 0:
+            problems.append("--tlm_weight, --contrastive_weight and --anchor_weight must be "
+                            ">= 0 (0 = off)")
+        elif self.tlm_weight == 0 and self.contrastive_weight == 0 and self.anchor_weight == 0:
+            problems.append("--tlm_weight=0, --contrastive_weight=0 and --anchor_weight=0 "
+                            "leave nothing to train; set one of them > 0")
         if self.tlm_weight == 0 and self.head_warmup_steps:
             problems.append(f"--head_warmup_steps={self.head_warmup_steps} trains the MLM head "
                             "for TLM, which --tlm_weight=0 switches off; drop one of them")
@@ -203,7 +207,7 @@ class TrainConfig:
                 sources[name] = f"set: --{name}"
                 continue
             value, source = default.for_kind(kind)
-            if name == "tlm_weight" and self.contrastive_weight == 0:
+            if name == "tlm_weight" and self.contrastive_weight == 0 and self.anchor_weight == 0:
                 value, source = 1.0, "--contrastive_weight=0: TLM is the only objective"
             if name == "head_warmup_steps" and values.get("tlm_weight", self.tlm_weight) == 0:
                 value, source = 0, "--tlm_weight=0: no TLM, no MLM head to warm up"
@@ -263,11 +267,14 @@ HELP = {
     "encoder": "e5-small (also spelled e5_small or embedded: the same model) | a Hugging "
                "Face BERT or XLM-R / RoBERTa dir | preset:NAME (BERT or XLM-R) | tiny:VOCAB_TXT | "
                "tiny:demo",
-    "corpus": "demo | en-XX.tsv dir | TSV file(s): a.tsv[,b.tsv...] | two line-aligned "
+    "corpus": "demo | en-XX.tsv dir | TSV file(s): a.tsv[,b.tsv...] | en-XX.tsv dirs and TSV "
+              "files joined by commas, read as one corpus: weak_dir,strong_dir[,c.tsv] (each "
+              "language from one file) | two line-aligned "
               "files: NAME.en,NAME.XX | Hugging Face translation JSONL: a.jsonl[,b.jsonl...] "
               "| tfds:NAME[:SPLIT] | prepared:DIR (written by python -m tf_mbalign.prepare; "
               "streamed from disk, for large corpora)",
-    "languages": "Only these languages of a corpus directory (default: all).",
+    "languages": "Only these languages of a corpus directory, or of the union of a comma "
+                 "list of directories and TSV files (default: all).",
     "model_dir": "Checkpoints, TensorBoard logs, flags.json, metrics.jsonl, export/.",
     "train_steps": "Encoder training steps (after the head warm-up).",
     "head_warmup_steps": "Steps that train only a new MLM head before the encoder trains (for "
@@ -289,6 +296,16 @@ HELP = {
                           "(nothing of it is computed).",
     "tlm_weight": "Weight of the TLM (word-level) loss; 0 = contrastive only (the MLM head "
                   "is not run).",
+    "anchor_weight": "Weight of the English anchor (multilingual distillation, Reimers & "
+                     "Gurevych 2020): a frozen copy of the starting encoder embeds each "
+                     "pair's English side, and the trained encoder's embeddings of both "
+                     "sides are pulled to it, so English stays where the starting model put "
+                     "it. 0 = off (no teacher is built); > 0 keeps one more encoder copy in "
+                     "memory and runs it on the English sides.",
+    "anchor_loss": "Distance of the English anchor (--anchor_weight > 0), on the run's "
+                   "sentence representation (--pooling, --representation_layer): mse = mean "
+                   "squared error of the vectors before normalization (Reimers & Gurevych "
+                   "2020), cosine = 1 - cosine similarity.",
     "contrastive_negatives": "queue: MoCo (momentum key encoder, a queue of past keys; the "
                              "paper's). in_batch: symmetric InfoNCE over the global batch, both "
                              "sides through the trained encoder, no queue or key encoder. By "
@@ -337,9 +354,10 @@ TOPICS = {
     "data": ["corpus", "languages", "language_sampling_alpha", "max_chars", "max_seq_length",
              "max_sentence_length"],
     "model": ["encoder", "dropout", "pooling", "representation_layer", "projection_dim"],
-    "objectives (TLM, MoCo)": ["tlm_weight", "max_predictions_per_seq", "mask_selection_rate",
-                               "contrastive_weight", "contrastive_negatives", "queue_size",
-                               "momentum", "temperature", "shuffle_inputs"],
+    "objectives (TLM, MoCo, English anchor)": [
+        "tlm_weight", "max_predictions_per_seq", "mask_selection_rate", "contrastive_weight",
+        "contrastive_negatives", "queue_size", "momentum", "temperature", "shuffle_inputs",
+        "anchor_weight", "anchor_loss"],
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
                   "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm"],
     "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
@@ -351,6 +369,7 @@ TOPICS = {
 CHOICES = {
     "pooling": ["cls", "mean"],
     "contrastive_negatives": list(NEGATIVES),
+    "anchor_loss": list(ANCHOR_LOSSES),
     "strategy": list(distribute.STRATEGIES),
     "precision": list(distribute.PRECISION_CHOICES),
     "export_precision": list(distribute.EXPORT_PRECISIONS),

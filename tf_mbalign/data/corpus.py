@@ -4,6 +4,12 @@ Supported inputs, all checked completely before training starts:
 
 - a TSV file of `english<TAB>other` lines (`read_tsv`), or several joined by
   commas (`a.tsv,b.tsv`: every item ends in `.tsv`; `read_tsv_files`);
+- a comma list of directories of `en-XX.tsv` files and/or `.tsv` files
+  (`strong/,weak/,extra/en-kab.tsv`: `read_pair_files`), read as one corpus
+  whose languages are the union (language sampling then runs over all of
+  them). A language given by two files is an error, as is one file given
+  twice (`pair_files`): merging them would silently weight that language
+  twice in the sampling, or repeat its pairs;
 - two line-aligned files, English and other, joined by a comma
   (`NAME.en,NAME.XX`; `read_line_aligned`). The language is the other
   file's extension when the English one ends in `.en`;
@@ -433,6 +439,77 @@ def read_directory(directory, languages=None, max_chars=DEFAULT_MAX_CHARS):
     return collect(stream_directory(directory, languages, max_chars))
 
 
+def pair_files(items, languages=None):
+    """[(path, language)] of a comma list of directories of `en-XX.tsv` files
+    and `.tsv` files, in the order given (a directory's files by language).
+    The language of a `.tsv` item comes from its `en-XX.tsv` name (else
+    `xx`); `languages` keeps only those, over the union of the items.
+
+    Raises:
+        CorpusError: an item is neither a directory nor a `.tsv` file; a
+            directory has no `en-XX.tsv` file; one file is given twice, or a
+            named language by two files (unnamed `xx` files may repeat).
+        FileNotFoundError: a `.tsv` item does not exist; a requested
+            language is in no item.
+    """
+    files = []
+    for item in items:
+        if os.path.isdir(item):
+            found = find_language_files(item, _PAIR_FILES, none_found=CorpusError)
+            files += [(path, language) for language, path in found.items()]
+        elif item.endswith(".tsv"):
+            _check_file(item)
+            files.append((item, _language_of(item, None)))
+        else:
+            raise CorpusError(
+                f"--corpus={','.join(items)}: the item {item!r} is neither a directory of "
+                "en-XX.tsv files nor a .tsv file. A comma list of directories and TSV files "
+                "takes only those (e.g. --corpus=weak_dir,strong_dir,extra/en-kab.tsv).")
+    _check_distinct(files)
+    if languages:
+        missing = sorted(set(languages) - {language for _, language in files})
+        if missing:
+            raise FileNotFoundError(
+                f"--corpus={','.join(items)}: no file for language(s) {missing}; expected "
+                f"{', '.join(_PAIR_FILES.expected(m) for m in missing)} in one of the items; "
+                f"found {sorted({language for _, language in files})}.")
+        files = [(path, language) for path, language in files if language in languages]
+    return files
+
+
+def _check_distinct(files):
+    """Raises `CorpusError` for a file given twice, or a named language given
+    by two files."""
+    first_of = {}
+    for path, language in files:
+        for key in (("file", os.path.realpath(path)), ("language", language)):
+            if key == ("language", UNKNOWN_LANGUAGE):
+                continue
+            if key in first_of:
+                what = ("the same file twice" if key[0] == "file"
+                        else f"language {language!r} twice")
+                raise CorpusError(
+                    f"--corpus gives {what}: {first_of[key]} and {path}. Each language "
+                    "must come from one file (pairs of one language are sampled as one "
+                    "pool): concatenate them into one en-XX.tsv, or leave one out.")
+            first_of[key] = path
+
+
+def stream_pair_files(items, languages=None, max_chars=DEFAULT_MAX_CHARS):
+    """`read_pair_files` as a `CorpusStream` (the items are listed and
+    checked now)."""
+    files = pair_files(items, languages)
+    rules = _PairRules(max_chars)
+    pairs = (pair for path, language in files for pair in _tsv_pairs(rules, path, language))
+    return CorpusStream(",".join(items), rules, pairs)
+
+
+def read_pair_files(items, languages=None, max_chars=DEFAULT_MAX_CHARS):
+    """Reads a comma list of directories of `en-XX.tsv` files and `.tsv`
+    files as one corpus (`pair_files`)."""
+    return collect(stream_pair_files(items, languages, max_chars))
+
+
 def _translation_of(text, path, number):
     """(english, other, language) of one line of a Hugging Face translation
     JSONL file: `{"translation": {"en": ..., "XX": ...}}`.
@@ -549,7 +626,7 @@ def stream_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
     if all(path.endswith(".jsonl") for path in paths):
         return stream_jsonl_files(paths, max_chars=max_chars)
     if len(paths) > 1:
-        return _stream_comma_list(paths, max_chars)
+        return _stream_comma_list(paths, max_chars, languages)
     if os.path.isdir(spec):
         return stream_directory(spec, languages=languages, max_chars=max_chars)
     return stream_tsv_files([spec], max_chars=max_chars)
@@ -558,8 +635,9 @@ def stream_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
 def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
     """Reads a corpus from a `--corpus` value.
 
-    `spec` is one of: a directory of en-XX.tsv files; a TSV file; TSV files
-    joined by commas (every item ends in `.tsv`); two line-aligned files
+    `spec` is one of: a directory of en-XX.tsv files; a TSV file; directories
+    of en-XX.tsv files and TSV files joined by commas (every item a directory
+    or ending in `.tsv`; `languages` applies to their union); two line-aligned files
     joined by a comma (`NAME.en,NAME.XX`); Hugging Face translation JSONL
     files (every item ends in `.jsonl`); `tfds:NAME[:SPLIT]`; or `demo` for
     the corpus shipped with the package.
@@ -572,15 +650,18 @@ def read_corpus(spec, max_chars=DEFAULT_MAX_CHARS, languages=None):
     return collect(stream_corpus(spec, max_chars=max_chars, languages=languages))
 
 
-def _stream_comma_list(paths, max_chars):
-    """`a.tsv,b.tsv,...` (all `.tsv`) or `english,other` (two files)."""
-    if all(path.endswith(".tsv") for path in paths):
-        return stream_tsv_files(paths, max_chars=max_chars)
+def _stream_comma_list(paths, max_chars, languages=None):
+    """Directories and `.tsv` files (`dir,b.tsv,...`: every item ends in
+    `.tsv` or one is a directory) or `english,other` (two files)."""
+    if any(os.path.isdir(path) for path in paths) or all(path.endswith(".tsv")
+                                                          for path in paths):
+        return stream_pair_files(paths, languages=languages, max_chars=max_chars)
     if len(paths) != 2 or not all(paths):
         raise CorpusError(
-            f"--corpus={','.join(paths)}: a comma list is either TSV files (every item "
-            "ending in .tsv: a.tsv,b.tsv), Hugging Face translation JSONL files (every "
-            "item ending in .jsonl) or exactly two line-aligned files (NAME.en,NAME.XX)."
+            f"--corpus={','.join(paths)}: a comma list is either TSV files and directories "
+            "of en-XX.tsv files (every item ending in .tsv or a directory: a.tsv,b.tsv or "
+            "weak_dir,strong_dir), Hugging Face translation JSONL files (every item ending "
+            "in .jsonl) or exactly two line-aligned files (NAME.en,NAME.XX)."
         )
     return stream_line_aligned(paths[0], paths[1], max_chars=max_chars)
 

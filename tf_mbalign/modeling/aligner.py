@@ -1,6 +1,7 @@
-"""The alignment model: TLM + contrastive losses of one multilingual encoder.
+"""The alignment model: TLM, contrastive and English-anchor losses of one encoder.
 
     loss = tlm_weight * tlm_loss + contrastive_weight * moco_loss
+           + anchor_weight * anchor_loss
 
 - TLM (word level): the ordinary MLM head (tied to the token embeddings) on
   the packed, masked pair; mean cross-entropy over the masked tokens of the
@@ -16,13 +17,20 @@
     every query), no queue, no momentum encoder (neither is built).
   `moco_loss` / `moco_accuracy` name the contrastive loss and top-1 accuracy
   in both modes.
+- English anchor (sentence level, `english_anchor.py`; Reimers & Gurevych
+  2020's multilingual distillation): a frozen copy of the starting encoder
+  (the teacher) embeds each pair's English side; the trained encoder's
+  representations of both sides are pulled to it (`anchor_loss`: mean
+  squared error or 1 - cosine). Off by default (`anchor_weight=0`: no
+  teacher is built). The trained encoder embeds each side once for both
+  sentence-level losses (`trained_sentence_vectors`).
 
 A weight of 0 switches its objective off: TLM with `tlm_weight=0` runs no MLM
 head at all (MoCo only), the contrastive branch with `contrastive_weight=0`
-embeds nothing and leaves the key encoder and queue alone (TLM only); their
-metrics are then not updated and their variables not trained.
+embeds nothing for itself and leaves the key encoder and queue alone (TLM
+only); their metrics are then not updated and their variables not trained.
 
-Both losses are divided by global counts (masked tokens over all replicas,
+Every loss is divided by global counts (masked tokens over all replicas,
 examples over all replicas), so the replicas' gradients sum to the gradient of
 the single-device loss of the same global batch.
 
@@ -33,10 +41,13 @@ clipping, the head-only warm-up, skipped steps) is
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from tf_mbalign.modeling import english_anchor
 from tf_mbalign.modeling import momentum_contrast as moco
 from tf_mbalign.modeling.bert_encoder import clone_encoder
+from tf_mbalign.modeling.english_anchor import ANCHOR_LOSSES, Teacher
 from tf_mbalign.modeling.mlm_head import TiedMaskedLMHead
 from tf_mbalign.modeling.pooling import l2_normalized, sentence_representation
 
@@ -64,6 +75,12 @@ class Aligner(keras.Model):
         mlm_head: optional `keras_hub.layers.MaskedLMHead` (e.g. loaded with a
             checkpoint); a new `TiedMaskedLMHead` (keras-hub's head, decoding
             without transposing the table) tied to the token embeddings otherwise.
+        anchor_weight: float. Weight of the English anchor (0: off, no
+            teacher built). The teacher copies `encoder` as it is when the
+            Aligner is built: build it before restoring trained weights.
+        anchor_loss: `"mse"` (mean squared error of the representations
+            before normalization, Reimers & Gurevych 2020) or `"cosine"`
+            (1 - cosine similarity).
 
     Example:
     ```python
@@ -97,12 +114,16 @@ class Aligner(keras.Model):
         pooling="cls",
         projection_dim=0,
         mlm_head=None,
+        anchor_weight=0.0,
+        anchor_loss="mse",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if contrastive_negatives not in NEGATIVES:
             raise ValueError(f"contrastive_negatives={contrastive_negatives!r} is not one of "
                              f"{NEGATIVES}")
+        if anchor_loss not in ANCHOR_LOSSES:
+            raise ValueError(f"anchor_loss={anchor_loss!r} is not one of {ANCHOR_LOSSES}")
         uses_queue = contrastive_negatives == "queue"
         # === Layers ===
         self.encoder = encoder
@@ -128,6 +149,14 @@ class Aligner(keras.Model):
                     projection_dim, name="key_projection", dtype=encoder.dtype_policy,
                     trainable=False)
         self.key_queue = moco.KeyQueue(queue_size, dim, name="key_queue") if uses_queue else None
+        # The anchor's teacher: untracked (not trained, not checkpointed);
+        # its fingerprint is checkpointed (`teacher_matches_checkpoint`).
+        self._teacher = Teacher(encoder) if anchor_weight > 0 else None
+        self.teacher_fingerprint = None
+        if self._teacher is not None:
+            self.teacher_fingerprint = self.add_weight(
+                shape=(3,), dtype="float32", trainable=False, name="teacher_fingerprint",
+                initializer=keras.initializers.Constant(self._teacher.fingerprint))
 
         # === Config ===
         self.queue_size = queue_size
@@ -139,6 +168,8 @@ class Aligner(keras.Model):
         self.representation_layer = representation_layer
         self.pooling = pooling
         self.projection_dim = projection_dim
+        self.anchor_weight = anchor_weight
+        self.anchor_loss = anchor_loss
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -146,6 +177,7 @@ class Aligner(keras.Model):
         self.tlm_accuracy = keras.metrics.Mean(name="tlm_accuracy")
         self.moco_loss_tracker = keras.metrics.Mean(name="moco_loss")
         self.moco_accuracy = keras.metrics.Mean(name="moco_accuracy")
+        self.anchor_loss_tracker = keras.metrics.Mean(name="anchor_loss")
         self.gradient_norm = keras.metrics.Mean(name="gradient_norm")
         self._build_heads()
 
@@ -176,6 +208,25 @@ class Aligner(keras.Model):
         return self.uses_contrastive and self.contrastive_negatives == "queue"
 
     @property
+    def uses_anchor(self):
+        """The English anchor is computed (its weight is not 0)."""
+        return self.anchor_weight > 0
+
+    @property
+    def teacher(self):
+        """The anchor's frozen teacher encoder; None when the anchor is off."""
+        return None if self._teacher is None else self._teacher.encoder
+
+    def teacher_matches_checkpoint(self):
+        """Whether the teacher is the encoder the (restored) checkpoint's run
+        started from: its weights' fingerprint equals the checkpointed one.
+        True without an anchor."""
+        if self._teacher is None:
+            return True
+        return np.array_equal(np.asarray(self.teacher_fingerprint.numpy()),
+                              self._teacher.fingerprint.astype(np.float32))
+
+    @property
     def metrics(self):
         return [
             self.loss_tracker,
@@ -183,15 +234,15 @@ class Aligner(keras.Model):
             self.tlm_accuracy,
             self.moco_loss_tracker,
             self.moco_accuracy,
+            self.anchor_loss_tracker,
             self.gradient_norm,
         ]
 
     # === Forward pieces ===
 
-    def embed(self, token_ids, padding_mask, training=False, momentum_branch=False):
-        """L2-normalized sentence representations (query or key branch)."""
-        encoder = self.key_encoder if momentum_branch else self.encoder
-        projection = self.key_projection if momentum_branch else self.projection
+    def sentence_vectors(self, encoder, token_ids, padding_mask, training=False):
+        """The run's sentence representation (pooling, layer) by `encoder`,
+        float32, before any projection or normalization."""
         outputs = encoder(
             {
                 "token_ids": token_ids,
@@ -200,12 +251,37 @@ class Aligner(keras.Model):
             },
             training=training,
         )
-        x = sentence_representation(
+        return sentence_representation(
             outputs["encoder_outputs"], padding_mask, self.representation_layer, self.pooling
         )
+
+    def contrastive_embedding(self, vectors, momentum_branch=False):
+        """`vectors` through the branch's projection (if any), L2-normalized."""
+        projection = self.key_projection if momentum_branch else self.projection
         if projection is not None:
-            x = projection(x)
-        return l2_normalized(x)
+            vectors = projection(vectors)
+        return l2_normalized(vectors)
+
+    def embed(self, token_ids, padding_mask, training=False, momentum_branch=False):
+        """L2-normalized sentence representations (query or key branch)."""
+        encoder = self.key_encoder if momentum_branch else self.encoder
+        return self.contrastive_embedding(
+            self.sentence_vectors(encoder, token_ids, padding_mask, training), momentum_branch)
+
+    def trained_sentence_vectors(self, batch, training=True):
+        """{"query": ..., "key": ...}: the trained encoder's
+        `sentence_vectors` of the sides the objectives in use need, each
+        computed once: the query for the contrastive loss, the key for
+        in-batch negatives (MoCo's key comes from the momentum encoder), both
+        for the anchor."""
+        sides = set()
+        if self.uses_contrastive:
+            sides |= {"query"} if self.uses_queue else {"query", "key"}
+        if self.uses_anchor:
+            sides |= {"query", "key"}
+        return {side: self.sentence_vectors(self.encoder, batch[f"{side}_token_ids"],
+                                            batch[f"{side}_padding_mask"], training)
+                for side in ("query", "key") if side in sides}
 
     def tlm_logits(self, batch, training=False, decoder_table=None):
         outputs = self.encoder(
@@ -235,7 +311,8 @@ class Aligner(keras.Model):
 
     # === Losses ===
 
-    def compute_losses(self, batch, keys=None, training=True, decoder_table=None):
+    def compute_losses(self, batch, keys=None, training=True, decoder_table=None,
+                       anchor_targets=None):
         """The loss terms of one replica's batch, each divided by its global count.
 
         Args:
@@ -247,24 +324,30 @@ class Aligner(keras.Model):
             decoder_table: optional tensor of `tied_table()`'s value for the
                 MLM head to decode with (the alignment step's separate
                 gradient of the decoder; `AlignmentStep`).
+            anchor_targets: the teacher's vectors of `batch` (`anchor_targets`,
+                taken outside the gradient tape by `AlignmentStep`); computed
+                here when None and the anchor is on.
 
         Returns:
-            (losses, partial_sums): `losses` holds `loss`, `tlm_loss` and
-            `moco_loss` (this replica's share of the global value; 0 for an
-            objective that is off); `partial_sums` the metrics' per-replica
-            sums (`record_metrics`).
+            (losses, partial_sums): `losses` holds `loss`, `tlm_loss`,
+            `moco_loss` and `anchor_loss` (this replica's share of the global
+            value; 0 for an objective that is off); `partial_sums` the
+            metrics' per-replica sums (`record_metrics`).
         """
         zero = tf.constant(0.0, tf.float32)
         tlm_loss, tlm_sums = (self.tlm_terms(batch, training, decoder_table) if self.uses_tlm
                               else (zero, {}))
-        moco_loss, moco_sums = (self.contrastive_terms(batch, keys, training)
+        vectors = self.trained_sentence_vectors(batch, training)
+        moco_loss, moco_sums = (self.contrastive_terms(batch, keys, training, vectors)
                                 if self.uses_contrastive else (zero, {}))
-        losses = {
-            "loss": self.tlm_weight * tlm_loss + self.contrastive_weight * moco_loss,
-            "tlm_loss": tlm_loss,
-            "moco_loss": moco_loss,
-        }
-        return losses, {**tlm_sums, **moco_sums}
+        anchor_loss, anchor_sums = (self.anchor_terms(batch, vectors, anchor_targets)
+                                    if self.uses_anchor else (zero, {}))
+        loss = self.tlm_weight * tlm_loss + self.contrastive_weight * moco_loss
+        if self.uses_anchor:
+            loss += self.anchor_weight * anchor_loss
+        losses = {"loss": loss, "tlm_loss": tlm_loss, "moco_loss": moco_loss,
+                  "anchor_loss": anchor_loss}
+        return losses, {**tlm_sums, **moco_sums, **anchor_sums}
 
     def tlm_terms(self, batch, training=True, decoder_table=None):
         """(tlm_loss, partial sums): masked-token cross-entropy over the
@@ -297,17 +380,18 @@ class Aligner(keras.Model):
         correct = self._tlm_correct(self.tlm_logits(batch, training=False), batch)
         return tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
-    def contrastive_terms(self, batch, keys=None, training=True):
+    def contrastive_terms(self, batch, keys=None, training=True, vectors=None):
         """(moco_loss, partial sums): InfoNCE of the queries against MoCo's
-        queue, or symmetric in-batch InfoNCE (sentence level)."""
+        queue, or symmetric in-batch InfoNCE (sentence level). `vectors`:
+        `trained_sentence_vectors(batch)` when already computed."""
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        queries = self.embed(batch["query_token_ids"], batch["query_padding_mask"],
-                             training=training)
+        if vectors is None:
+            vectors = self.trained_sentence_vectors(batch, training)
+        queries = self.contrastive_embedding(vectors["query"])
         if self.uses_queue:
             logits, labels = self.queue_logits(queries, keys, batch.get("pair_id"))
         else:
-            keys = self.embed(batch["key_token_ids"], batch["key_padding_mask"],
-                              training=training)
+            keys = self.contrastive_embedding(vectors["key"])
             logits, labels = self.in_batch_logits(queries, keys, batch.get("pair_id"))
         row_losses = keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                   from_logits=True)
@@ -316,6 +400,22 @@ class Aligner(keras.Model):
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
                           tf.float32)
         return moco_loss, {"moco_losses": row_losses, "moco_correct": correct}
+
+    def anchor_terms(self, batch, vectors, targets=None):
+        """(anchor_loss, partial sums): the distance of the trained encoder's
+        representations of both sides (`vectors["query"]`, `vectors["key"]`)
+        to the teacher's representation of the English side (`targets`,
+        `anchor_targets(batch)` when None), averaged over the global batch's
+        2B sentences (sentence level)."""
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        if targets is None:
+            targets = self.anchor_targets(batch)
+        distances = tf.concat([
+            english_anchor.anchor_distances(vectors[side], targets, self.anchor_loss)
+            for side in ("query", "key")], axis=0)
+        sentences = tf.cast(tf.shape(distances)[0], tf.float32)
+        anchor_loss = tf.reduce_sum(distances) / (sentences * replicas)
+        return anchor_loss, {"anchor_distances": distances}
 
     def queue_logits(self, queries, keys, pair_ids=None):
         """MoCo: logits [b, 1 + K] against the positive key and the queue;
@@ -363,7 +463,16 @@ class Aligner(keras.Model):
         if self.uses_contrastive:
             self.moco_loss_tracker.update_state(partial_sums["moco_losses"])
             self.moco_accuracy.update_state(partial_sums["moco_correct"])
+        if self.uses_anchor:
+            self.anchor_loss_tracker.update_state(partial_sums["anchor_distances"])
         self.gradient_norm.update_state(gradient_norm)
+
+    def anchor_targets(self, batch):
+        """The teacher's sentence representations of each pair's English
+        side, without gradient; None when the anchor is off."""
+        if not self.uses_anchor:
+            return None
+        return english_anchor.teacher_targets(self.teacher, batch, self.sentence_vectors)
 
     # === MoCo mechanics ===
 
@@ -446,6 +555,8 @@ class Aligner(keras.Model):
             "representation_layer": self.representation_layer,
             "pooling": self.pooling,
             "projection_dim": self.projection_dim,
+            "anchor_weight": self.anchor_weight,
+            "anchor_loss": self.anchor_loss,
             "name": self.name,
         }
 

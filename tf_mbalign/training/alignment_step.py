@@ -4,9 +4,11 @@ The step of the paper's method, per replica:
 
 1. keys: the momentum encoder embeds the key side (no gradient; MoCo's
    queue only: with in-batch negatives both sides are embedded under the
-   tape by the trained encoder);
-2. `Aligner.compute_losses`: TLM + contrastive loss on this replica's batch
-   (an objective of weight 0 is not computed);
+   tape by the trained encoder); with the English anchor, its frozen teacher
+   embeds the English side (no gradient; outside the tape, so its
+   activations are not kept for the backward pass);
+2. `Aligner.compute_losses`: TLM + contrastive loss (+ the English anchor)
+   on this replica's batch (an objective of weight 0 is not computed);
 3. the gradients (the tied token table's decoder part taken apart from its
    lookups', `AlignmentStep.decoder_table`);
    `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
@@ -88,13 +90,15 @@ class AlignmentStep:
         replicas = context.num_replicas_in_sync
         optimizer = self.optimizer_for(train_encoder)
         keys = aligner.momentum_keys(batch)
+        anchor_targets = aligner.anchor_targets(batch)
         variables = aligner.trained_variables(train_encoder)
         decoder_table, table_index = self.decoder_table(variables)
         with tf.GradientTape() as tape:
             if decoder_table is not None:
                 tape.watch(decoder_table)
             losses, partial_sums = aligner.compute_losses(batch, keys, training=True,
-                                                          decoder_table=decoder_table)
+                                                          decoder_table=decoder_table,
+                                                          anchor_targets=anchor_targets)
             loss = losses["loss"]
             if self.loss_transform is not None:
                 loss = self.loss_transform(loss, global_step)
@@ -148,12 +152,17 @@ class AlignmentStep:
         return tf.convert_to_tensor(table), index
 
 
-def build_aligner(config, bundle):
+def build_aligner(config, bundle, teacher=True):
     """The `Aligner` of a `TrainConfig` around `bundle.encoder` (and the
     checkpoint's MLM head weights, when it has them). Defaults left to the
-    checkpoint are resolved for `bundle` first."""
+    checkpoint are resolved for `bundle` first. The English anchor's teacher
+    copies `bundle.encoder` now (call before restoring a checkpoint);
+    `teacher=False` leaves the anchor off (reading a trained encoder back)."""
     config, _ = config.with_checkpoint_defaults(checkpoint_kind(bundle))
-    aligner = Aligner(bundle.encoder, name="aligner", **config.aligner_arguments())
+    arguments = config.aligner_arguments()
+    if not teacher:
+        arguments["anchor_weight"] = 0.0
+    aligner = Aligner(bundle.encoder, name="aligner", **arguments)
     if bundle.mlm_head_weights is not None:
         encoders.set_mlm_head_weights(aligner.mlm_head, bundle.mlm_head_weights)
     return aligner

@@ -17,7 +17,8 @@ from tf_mbalign.atomic_files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 # Shown on the progress bar / log lines.
-SHOWN = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy", "queue_fill")
+SHOWN = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy", "anchor_loss",
+         "queue_fill")
 
 
 class MetricsSink:
@@ -110,7 +111,7 @@ class ProgressDisplay(MetricsSink):
                 self.bar.update(start_step)
 
     def write(self, step, logs):
-        # None (MoCo with an empty queue: no negatives) is not shown.
+        # None (an objective off; MoCo with an empty queue: no negatives) is not shown.
         shown = [(k, logs[k]) for k in SHOWN if logs.get(k) is not None]
         if self.bar is not None:
             self.bar.update(step, values=shown, finalize=False)

@@ -1,7 +1,8 @@
 """What a run's checkpoint holds, and saving / restoring it.
 
 A checkpoint holds the model (encoder, MLM head, key encoder, key queue and
-its pointer), both optimizers, the dropout RNG states, the step and the data
+its pointer; with the English anchor a fingerprint of the teacher's weights,
+not the teacher, which every run rebuilds from `--encoder`), both optimizers, the dropout RNG states, the step and the data
 position (`examples_consumed`): the input pipeline is rebuilt from the data
 position, so a resumed run sees exactly the batches an uninterrupted run
 sees. Checkpoints are committed atomically and verified on restore, with a
@@ -48,7 +49,7 @@ class RunState:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.examples_consumed = tf.Variable(0, dtype=tf.int64, trainable=False,
                                                  name="examples_consumed")
-        aligner = alignment_step.aligner
+        aligner = self.aligner = alignment_step.aligner
         self.checkpoint = tf.train.Checkpoint(
             model=aligner,
             # Dropout RNG states: Keras does not checkpoint them, and without
@@ -75,10 +76,19 @@ class RunState:
         """Restores the newest intact checkpoint; returns its path or None.
 
         Raises:
-            checkpointing.CheckpointError: checkpoints exist, none restores.
+            checkpointing.CheckpointError: checkpoints exist, none restores;
+                or the English anchor's teacher (rebuilt from the encoder
+                loaded now, not checkpointed) is not the encoder the run
+                started from.
         """
         self.writer.remove_leftovers()
         path = checkpointing.restore_latest(self.checkpoint, self.directory, self.warn)
+        if path and not self.aligner.teacher_matches_checkpoint():
+            raise checkpointing.CheckpointError(
+                f"{path} was trained with an English anchor (--anchor_weight) whose teacher, "
+                "the encoder the run started from, had other weights than the encoder "
+                "loaded now. Resume with the --encoder (and, for a random test encoder, the "
+                "--seed) the run started with, or start a new run with another --model_dir.")
         self.last_saved_step = int(self.step.numpy()) if path else None
         return path
 
@@ -114,7 +124,9 @@ def restore_trained_aligner(config, warn=warn_to_stderr):
     """
     with tf.distribute.get_strategy().scope():
         bundle = encoders.load_encoder(config.encoder, dropout=config.dropout)
-        aligner = build_aligner(config, bundle)
+        # No anchor teacher: it is not in the checkpoint, and reading the
+        # trained encoder back does not need it.
+        aligner = build_aligner(config, bundle, teacher=False)
     latest = checkpointing.restore_latest(
         tf.train.Checkpoint(model=aligner), os.path.join(config.model_dir, CHECKPOINT_FOLDER),
         warn=warn, partial=True,

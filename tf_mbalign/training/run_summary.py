@@ -53,7 +53,10 @@ EXPORT_FOLDER = "export"
 EXPORT_INFO = "export_info.json"
 ALIGNMENT_CHECK_JSON = "alignment_check.json"
 # The figures averaged over the start and end windows of each phase.
-WINDOW_METRICS = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy")
+WINDOW_METRICS = ("loss", "tlm_loss", "tlm_accuracy", "moco_loss", "moco_accuracy",
+                  "anchor_loss")
+# Off by default: left out of the text where not logged (others say n/a).
+OPTIONAL_METRICS = ("anchor_loss",)
 MAX_WINDOW = 10
 PHASES = ("head_warmup", "encoder")
 
@@ -110,9 +113,7 @@ def build_summary(run, outcome, error, start_step, since, records=None):
         "encoder": run.bundle.source,
         "precision": {"policy": config.precision, "reason": run.precision_reason},
         "steps": step_counts(config, step, start_step),
-        "objectives": {"tlm_weight": config.tlm_weight,
-                       "contrastive_weight": config.contrastive_weight,
-                       "contrastive_negatives": config.contrastive_negatives},
+        "objectives": objectives(config),
         "checkpoint_defaults": checkpoint_defaults(run),
         "head_warmup_check": head_warmup_check(records),
         "metrics": phase_windows(records),
@@ -176,6 +177,18 @@ def head_warmup_check(records):
                     "batches": record.get("head_warmup_check_batches"),
                     "step": record["step"]}
     return None
+
+
+def objectives(config):
+    """The objectives' weights and kinds (the anchor's distance only when it
+    is on)."""
+    chosen = {"tlm_weight": config.tlm_weight,
+              "contrastive_weight": config.contrastive_weight,
+              "contrastive_negatives": config.contrastive_negatives,
+              "anchor_weight": config.anchor_weight}
+    if config.anchor_weight:
+        chosen["anchor_loss"] = config.anchor_loss
+    return chosen
 
 
 def phase_windows(records):
@@ -405,6 +418,8 @@ def _window_text(window):
     parts = [f"steps {window['steps']}:"]
     for name in WINDOW_METRICS:
         value = window[name]
+        if value is None and name in OPTIONAL_METRICS:
+            continue
         parts.append(f"{name} {'n/a' if value is None else f'{value:.3f}'}")
     if window["queue_fill"] is not None:
         parts.append(f"queue {window['queue_fill']}")

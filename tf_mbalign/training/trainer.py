@@ -196,8 +196,11 @@ class AlignmentRun:
         self.log(f"settings by checkpoint (the encoder {kind}):")
         for name, source in self.default_sources.items():
             self.log(f"  --{name}={getattr(config, name)}  [{source}]")
+        anchor = (f"anchor_weight {config.anchor_weight} ({config.anchor_loss})"
+                  if config.anchor_weight else "anchor_weight 0")
         self.log(f"objectives: tlm_weight {config.tlm_weight}, contrastive_weight "
-                 f"{config.contrastive_weight}, negatives {config.contrastive_negatives}")
+                 f"{config.contrastive_weight}, negatives {config.contrastive_negatives}, "
+                 f"{anchor}")
         if (self.checkpoint_kind == WITHOUT_MLM_HEAD and config.tlm_weight > 0
                 and config.head_warmup_steps == 0):
             self.warn(
@@ -254,7 +257,8 @@ class AlignmentRun:
         MoCo's loss and accuracy are None (null in metrics.jsonl, not shown
         on the progress bar) when the call's first step met an empty queue:
         with no negatives the loss is 0 and the accuracy 1 by construction.
-        An objective switched off (weight 0) logs None too, with a note.
+        An objective switched off (weight 0) logs None too, with a note
+        (`tlm_note`, `moco_note`, `anchor_note`).
         """
         aligner = self.aligner
         logs = {m.name: float(m.result()) for m in aligner.metrics}
@@ -269,6 +273,9 @@ class AlignmentRun:
         elif queue_was_empty:
             logs["moco_loss"] = logs["moco_accuracy"] = None
             logs["moco_note"] = "no negatives: the key queue was empty"
+        if not aligner.uses_anchor:
+            logs["anchor_loss"] = None
+            logs["anchor_note"] = "off: --anchor_weight=0"
         optimizer = self.alignment_step.optimizer_for(train_encoder)
         logs["learning_rate"] = optimization.last_learning_rate(optimizer)
         if aligner.key_queue is not None:

@@ -2,7 +2,7 @@
 
 `RunSummary` draws it at every stop from `metrics.jsonl` (so a resumed run's
 picture covers every session). Three panels share the step axis: the losses
-(total, TLM, contrastive), TLM accuracy on the masked tokens and the
+(total, TLM, contrastive, English anchor), TLM accuracy on the masked tokens and the
 contrastive accuracy (the positive key ranked first among the negatives:
 MoCo's queue or the batch's other sentences, as the panel says; the metrics
 keep the names `moco_loss` / `moco_accuracy` either way); the head warm-up is
@@ -14,7 +14,7 @@ steps on top.
 import numpy as np
 
 TRAINING_CURVES_PNG = "training_curves.png"
-PANELS = (("losses", ("loss", "tlm_loss", "moco_loss")),
+PANELS = (("losses", ("loss", "tlm_loss", "moco_loss", "anchor_loss")),
           ("TLM accuracy", ("tlm_accuracy",)),
           ("contrastive accuracy", ("moco_accuracy",)))
 NEGATIVES_LABELS = {"queue": "MoCo accuracy\n(queue negatives)",
