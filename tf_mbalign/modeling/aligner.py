@@ -301,14 +301,7 @@ class Aligner(keras.Model):
         """(moco_loss, partial sums): InfoNCE of the queries against MoCo's
         queue, or symmetric in-batch InfoNCE (sentence level)."""
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        queries = self.embed(batch["query_token_ids"], batch["query_padding_mask"],
-                             training=training)
-        if self.uses_queue:
-            logits, labels = self.queue_logits(queries, keys, batch.get("pair_id"))
-        else:
-            keys = self.embed(batch["key_token_ids"], batch["key_padding_mask"],
-                              training=training)
-            logits, labels = self.in_batch_logits(queries, keys, batch.get("pair_id"))
+        logits, labels = self.contrastive_logits(batch, keys, training)
         row_losses = keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                   from_logits=True)
         rows = tf.cast(tf.shape(logits)[0], tf.float32)
@@ -316,6 +309,16 @@ class Aligner(keras.Model):
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
                           tf.float32)
         return moco_loss, {"moco_losses": row_losses, "moco_correct": correct}
+
+    def contrastive_logits(self, batch, keys=None, training=True):
+        """(logits, labels) of the contrastive loss on this replica's batch:
+        `queue_logits` against MoCo's queue, else `in_batch_logits`."""
+        queries = self.embed(batch["query_token_ids"], batch["query_padding_mask"],
+                             training=training)
+        if self.uses_queue:
+            return self.queue_logits(queries, keys, batch.get("pair_id"))
+        keys = self.embed(batch["key_token_ids"], batch["key_padding_mask"], training=training)
+        return self.in_batch_logits(queries, keys, batch.get("pair_id"))
 
     def queue_logits(self, queries, keys, pair_ids=None):
         """MoCo: logits [b, 1 + K] against the positive key and the queue;
