@@ -43,14 +43,21 @@ VARIANTS = {
     "in_batch": dict(contrastive_negatives="in_batch", tlm_weight=0.5),
     "anchor": dict(contrastive_negatives="in_batch", tlm_weight=0.5, anchor_weight=1.0),
 }
+# Adam with epsilon 1 >> sqrt(v) (gradients are clipped to a global norm of
+# 0.5): each update is lr * m_hat / (sqrt(v_hat) + 1) ~ lr * m_hat, linear in
+# the gradients, so weights after the steps compare the summed gradients
+# (and their replica scaling) instead of Adam's sign-like first steps, which
+# turn a 1e-7 rounding difference in a ~0 gradient into a change of ~lr.
+ADAM_EPSILON = 1.0
+LEARNING_RATE = 1.0
 
 
 def _config(variant="queue"):
     return TrainConfig(
         encoder="tiny:demo", model_dir="/tmp/unused", train_steps=STEPS, global_batch_size=GLOBAL_BATCH,
         queue_size=12, max_seq_length=48, max_sentence_length=24, max_predictions_per_seq=8,
-        learning_rate=1e-3, warmup_steps=0, dropout=0.0, max_gradient_norm=0.5, momentum=0.9,
-        precision=TEST_PRECISION, **VARIANTS[variant],
+        learning_rate=LEARNING_RATE, warmup_steps=0, dropout=0.0, max_gradient_norm=0.5,
+        momentum=0.9, precision=TEST_PRECISION, **VARIANTS[variant],
     )
 
 
@@ -90,6 +97,72 @@ def _largest_relative_difference(reference, other, floor=1e-6):
                for a, b in zip(reference, other) if a.size)
 
 
+def _forward_logits(aligner, batch):
+    """One replica's logits before a step (dropout is 0): the contrastive
+    logits and labels, and the TLM logits of the masked positions with their
+    target ids and weights."""
+    return {
+        "contrastive": aligner.contrastive_logits(batch, aligner.momentum_keys(batch), False),
+        "tlm": (aligner.tlm_logits(batch), batch["masked_ids"], batch["masked_weights"]),
+    }
+
+
+def _per_replica_structures(strategy, result):
+    """A `strategy.run` result (a structure of per-replica values) as one
+    structure of tensors per replica."""
+    flat = [strategy.experimental_local_results(x) for x in tf.nest.flatten(result)]
+    return [tf.nest.pack_sequence_as(result, [parts[r] for parts in flat])
+            for r in range(strategy.num_replicas_in_sync)]
+
+
+def _single_device_rows(per_replica, in_batch):
+    """Replicas' logits in the single device's row order: each replica
+    holds its slice of the batch; with in-batch negatives its rows are its
+    queries, then its keys, where one device has all queries, then all keys."""
+    def rows(parts):
+        parts = [np.asarray(p) for p in parts]
+        if not in_batch:
+            return np.concatenate(parts, 0)
+        halves = [np.split(p, 2, axis=0) for p in parts]
+        return np.concatenate([h[0] for h in halves] + [h[1] for h in halves], 0)
+
+    logits, labels = zip(*[r["contrastive"] for r in per_replica])
+    tlm = list(zip(*[r["tlm"] for r in per_replica]))
+    return {"contrastive": (rows(logits), rows(labels)),
+            "tlm": tuple(np.concatenate([np.asarray(p) for p in part], 0) for part in tlm)}
+
+
+def _margins(logits, labels):
+    """Per row: the label's logit minus the best other logit (> 0: correct)."""
+    logits = np.asarray(logits, np.float64)
+    rows = np.arange(len(labels))
+    own = logits[rows, labels]
+    others = logits.copy()
+    others[rows, labels] = -np.inf
+    return own - others.max(axis=1)
+
+
+def _logit_comparison(single, mirrored):
+    """Per objective: the largest logit difference, the logits' scale, and
+    the margins of the single device's rows (TLM: masked positions only)."""
+    out = {}
+    (s_logits, labels), (m_logits, _) = single["contrastive"], mirrored["contrastive"]
+    valid = s_logits > -1e8  # masked candidates (a pair's own older keys) hold -1e9
+    out["contrastive"] = {
+        "max_diff": float(np.max(np.abs(s_logits - m_logits)[valid])),
+        "scale": float(np.max(np.abs(s_logits[valid]))),
+        "margins": _margins(s_logits, labels).tolist()}
+    (s_logits, ids, weights), (m_logits, _, _) = single["tlm"], mirrored["tlm"]
+    kept = np.asarray(weights).reshape(-1) > 0
+    s_logits = np.asarray(s_logits).reshape(-1, s_logits.shape[-1])[kept]
+    m_logits = np.asarray(m_logits).reshape(-1, m_logits.shape[-1])[kept]
+    out["tlm"] = {
+        "max_diff": float(np.max(np.abs(s_logits - m_logits))),
+        "scale": float(np.max(np.abs(s_logits))),
+        "margins": _margins(s_logits, np.asarray(ids).reshape(-1)[kept]).tolist()}
+    return out
+
+
 def mirrored_equivalence(out_path, variant="queue"):
     config = _config(variant)
     negatives = config.contrastive_negatives
@@ -116,6 +189,8 @@ def mirrored_equivalence(out_path, variant="queue"):
         # weights, which differ from the trained encoder's, so the English
         # side's anchor term is not 0 at the first step (dropout is off).
         copy_weights(mirrored.teacher.weights, single.teacher.weights)
+    for training in (single_training, mirrored_training):
+        training.optimizer.epsilon = ADAM_EPSILON
 
     @tf.function
     def single_step(batch):
@@ -125,9 +200,13 @@ def mirrored_equivalence(out_path, variant="queue"):
     def mirrored_step(batch):
         strategy.run(mirrored_training, args=(batch,))
 
-    report = {"single": [], "mirrored": [], "max_weight_diff": [], "max_queue_diff": [],
-              "weights_changed": [], "replicas": strategy.num_replicas_in_sync}
+    report = {"single": [], "mirrored": [], "weight_diff": [], "max_queue_diff": [],
+              "weights_changed": [], "logits": [], "replicas": strategy.num_replicas_in_sync}
     before = [w.copy() for w in single.encoder.get_weights()]
+    start = [np.asarray(w, np.float64) for w in single.get_weights()]
+    single_logits = tf.function(lambda b: _forward_logits(single, b))
+    mirrored_logits = tf.function(lambda b: strategy.run(
+        lambda x: _forward_logits(mirrored, x), args=(b,)))
 
     def split(batch):
         half = GLOBAL_BATCH // 2
@@ -148,13 +227,18 @@ def mirrored_equivalence(out_path, variant="queue"):
         [g.numpy() for g in strategy.experimental_local_results(mirrored_gradients)[0]])
     for batch in batches:
         distributed = split(batch)
+        per_replica = _per_replica_structures(strategy, mirrored_logits(distributed))
+        report["logits"].append(_logit_comparison(
+            single_logits(batch), _single_device_rows(per_replica, negatives == "in_batch")))
         single_step(batch)
         mirrored_step(distributed)
         report["single"].append(_metrics(single))
         report["mirrored"].append(_metrics(mirrored))
-        diffs = [float(np.max(np.abs(a - b))) if a.size else 0.0
-                 for a, b in zip(single.get_weights(), mirrored.get_weights())]
-        report["max_weight_diff"].append(max(diffs))
+        # Per variable: the largest difference, how far the single device's
+        # variable has moved since the start, and its largest magnitude.
+        report["weight_diff"].append([
+            [float(np.max(np.abs(a - b))), float(np.max(np.abs(a - w0))), float(np.max(np.abs(a)))]
+            for a, b, w0 in zip(single.get_weights(), mirrored.get_weights(), start) if a.size])
         if single.key_queue is not None:
             report["max_queue_diff"].append(float(np.max(np.abs(
                 single.key_queue.keys.numpy() - mirrored.key_queue.keys.numpy()))))

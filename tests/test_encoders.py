@@ -197,6 +197,8 @@ def _run(encoder, token_ids, segment_ids, padding_mask):
 # --- loading a Hugging Face directory ----------------------------------------------------
 
 
+# tolerance: float32 TF vs float64 numpy through 2 layers: O(1) activations, 1e-4 is ~1000 float32 ulps and 1/5 of the exact-vs-tanh GELU gap it must see.
+@pytest.mark.numerics
 def test_loaded_encoder_matches_numpy_bert(bundle, hf_weights):
     from tf_mbalign.modeling.bert_encoder import BertEncoder
 
@@ -229,6 +231,8 @@ def test_loaded_encoder_matches_numpy_bert(bundle, hf_weights):
     assert np.max(np.abs(unmasked[1, :5] - ref_sequence[1, :5])) > 3 * TOLERANCE
 
 
+# tolerance: float32 TF vs float32 torch, O(1) activations and O(10) logits: 1e-4 (2e-4 for logits) is ~1000 ulps.
+@pytest.mark.numerics
 def test_loaded_encoder_matches_transformers(bundle, checkpoint_dir, hf_weights):
     """The same directory through Hugging Face `transformers` (torch): hidden
     states of every layer and the MLM logits."""
@@ -253,6 +257,8 @@ def test_loaded_encoder_matches_transformers(bundle, checkpoint_dir, hf_weights)
                                rtol=2 * TOLERANCE, atol=2 * TOLERANCE)
 
 
+# tolerance: the same rows with and without padding: other matmul shapes, O(1) activations, 1e-4 as above.
+@pytest.mark.numerics
 def test_padding_does_not_change_unpadded_positions(bundle):
     token_ids, segment_ids, padding_mask = _inputs()
     sequence, pooled, _ = _run(bundle.encoder, token_ids, segment_ids, padding_mask)
@@ -291,6 +297,8 @@ def test_tokenizer_lowercase_from_tokenizer_config(tmp_path):
     assert encoders._tokenizer_lowercase(str(tmp_path)) is False
 
 
+# tolerance: float32 TF vs float64 numpy, O(1) activations: 1e-4 is ~1000 ulps and below the GELU gap it must see.
+@pytest.mark.numerics
 def test_gelu_new_maps_to_approximate_gelu(tmp_path, hf_weights):
     from tf_mbalign.modeling import encoders
 
@@ -306,6 +314,8 @@ def test_gelu_new_maps_to_approximate_gelu(tmp_path, hf_weights):
     assert np.max(np.abs(sequence[valid] - ref_exact[valid])) > 3 * TOLERANCE
 
 
+# tolerance: elementwise GELU of O(1) inputs in float32 vs float64: 1e-6 is ~10 ulps.
+@pytest.mark.numerics
 def test_bert_encoder_activations():
     import keras
 
@@ -360,6 +370,8 @@ def _mlm_head(bundle, weights=None, **kwargs):
     return head
 
 
+# tolerance: float32 TF vs float64 numpy head, O(10) logits: rtol+atol 1e-4.
+@pytest.mark.numerics
 def test_set_mlm_head_weights_matches_hf_head(bundle, hf_weights):
     # HF's head uses config.layer_norm_eps (1e-12) in its LayerNorm.
     head = _mlm_head(bundle, layer_norm_epsilon=LN_EPS)
@@ -376,6 +388,8 @@ def test_set_mlm_head_weights_matches_hf_head(bundle, hf_weights):
     assert np.max(np.abs(tanh_expected - expected)) > 3 * TOLERANCE
 
 
+# tolerance: encoder + head vs numpy: two stages of 1e-4 each.
+@pytest.mark.numerics
 def test_mlm_head_on_encoder_output(bundle, hf_weights):
     """Encoder + head end to end equals HF BertForMaskedLM logits."""
     head = _mlm_head(bundle, layer_norm_epsilon=LN_EPS)
@@ -388,6 +402,8 @@ def test_mlm_head_on_encoder_output(bundle, hf_weights):
     np.testing.assert_allclose(logits, expected, rtol=2 * TOLERANCE, atol=2 * TOLERANCE)
 
 
+# tolerance: float32 TF vs float64 numpy head, O(10) logits: rtol+atol 1e-4.
+@pytest.mark.numerics
 def test_mlm_head_built_like_aligner_matches_hf_head(bundle, hf_weights):
     # Same arguments as tf_mbalign/modeling/aligner.py. The transform's output
     # is small here (dense weights at BERT's init scale), where the epsilon matters.
@@ -498,6 +514,8 @@ def test_tiny_demo_tokenizer_has_no_unknown_tokens():
     assert unseen.tolist() == [bundle.tokenizer.unk_id]
 
 
+# tolerance: two encoders with the same weights: identical graphs, O(1) outputs, atol 1e-6 ~10 ulps.
+@pytest.mark.numerics
 def test_bert_encoder_config_round_trip(tiny_bundle):
     from tf_mbalign.modeling.bert_encoder import BertEncoder
 

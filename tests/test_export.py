@@ -153,6 +153,8 @@ def _assert_round_trip_close(exported, reference, keys):
                                    err_msg=f"exported {key!r} vs the in-memory model")
 
 
+# tolerance: see ROUND_TRIP_RTOL: ~100 ulps of the compared magnitude.
+@pytest.mark.numerics
 def test_fresh_process_reproduces_the_in_memory_model(exported):
     bundle, aligner, paths, tmp_path = exported
     report, exported_outputs, reference = _fresh_process_round_trip(bundle, aligner, paths,
@@ -349,6 +351,8 @@ def test_export_binary_from_a_training_run(tmp_path):
     assert missing.returncode == 2 and "flags.json not found" in missing.stderr
 
 
+# tolerance: see ROUND_TRIP_RTOL: ~100 ulps of the compared magnitude.
+@pytest.mark.numerics
 @pytest.mark.slow
 def test_embedded_e5_export_round_trip(tmp_path):
     """The real model (SentencePiece, 12 layers) through every export."""

@@ -11,6 +11,8 @@ from tf_mbalign.modeling.pooling import sentence_representation
 from tf_mbalign.training import optimization
 
 
+# tolerance: a mean of a few O(1) values in float32: default rtol 1e-7.
+@pytest.mark.numerics
 def test_cls_and_mean_pooling_of_a_chosen_layer():
     layer0 = tf.constant([[[1.0, 1.0], [3.0, 5.0], [100.0, 100.0]]])
     layer1 = tf.constant([[[7.0, 0.0], [0.0, 7.0], [50.0, 50.0]]])
@@ -76,6 +78,8 @@ def _adamw_trajectory(optimizer_class, strategy, steps=4, sparse=False):
     return kernel.numpy(), bias.numpy(), int(optimizer.iterations.numpy())
 
 
+# tolerance: the same Adam formula in another op order on given gradients (none tiny): rtol 1e-5 / atol 1e-6 of O(1) weights.
+@pytest.mark.numerics
 @pytest.mark.parametrize("sparse", [False, True])
 def test_fused_adamw_takes_keras_adamw_steps(sparse):
     """Same weights as Keras' AdamW (decay, schedule, bias correction, sparse
@@ -158,6 +162,8 @@ def _tiny_bert(**kwargs):
                        intermediate_dim=16, dropout=0.0, **kwargs)
 
 
+# tolerance: the same logits through a transposed vs untransposed matmul: O(1) values, 1e-6; gradients sum 21 rows, 1e-5.
+@pytest.mark.numerics
 def test_tied_mlm_head_gives_keras_hub_heads_logits_and_gradients():
     import keras_hub
 
@@ -208,6 +214,9 @@ def test_encoder_at_another_precision_copies_weights_and_records_its_policy():
         keras.mixed_precision.set_global_policy("float32")
 
 
+# tolerance: a float32 mean of 64 bf16 values near 1: rtol 1e-6 is ~10 ulps, a bf16 sum would be off by ~1e-2.
+@pytest.mark.numerics
+@pytest.mark.bfloat16
 def test_mean_pooling_of_bf16_states_sums_in_float32():
     # 64 tokens near 1: a bf16 running sum (spacing 0.5 above 64) would be
     # off by tenths; the float32 sum gives the mean of the bf16 values.

@@ -12,6 +12,8 @@ from conftest import REPO_ROOT, run_module  # noqa: E402
 from tf_mbalign.modeling import momentum_contrast as moco
 
 
+# tolerance: one elementwise EMA of O(1) values: float32 rtol 1e-6.
+@pytest.mark.numerics
 def test_momentum_update_formula():
     keys = [keras.Variable(np.full((2, 3), 4.0, np.float32)), keras.Variable(np.float32(-1.0))]
     queries = [keras.Variable(np.full((2, 3), 2.0, np.float32)), keras.Variable(np.float32(3.0))]
@@ -22,6 +24,8 @@ def test_momentum_update_formula():
     np.testing.assert_array_equal(queries[0].numpy(), np.full((2, 3), 2.0))
 
 
+# tolerance: one elementwise EMA of O(1) values: float32 rtol 1e-6.
+@pytest.mark.numerics
 def test_momentum_update_skips_when_told():
     keys = [tf.Variable(np.full((2, 3), 4.0, np.float32)), tf.Variable(np.float32(-1.0))]
     queries = [tf.Variable(np.full((2, 3), 2.0, np.float32)), tf.Variable(np.float32(3.0))]
@@ -57,6 +61,8 @@ def test_queue_rejects_more_keys_than_it_holds():
         queue.enqueue(tf.zeros([3, 1]))
 
 
+# tolerance: dot products of exact small values: default rtol 1e-7.
+@pytest.mark.numerics
 def test_contrastive_logits_positive_first_and_invalid_masked():
     q = tf.math.l2_normalize(tf.constant([[1.0, 0.0], [0.0, 1.0]]), axis=1)
     k = tf.constant([[1.0, 0.0], [0.0, 1.0]])
@@ -108,6 +114,8 @@ def test_queue_key_encoder_and_pointer_restored_bit_for_bit(tmp_path):
     assert int(second.state.examples_consumed.numpy()) == 24
 
 
+# tolerance: a dot product of unit vectors: pytest.approx's 1e-6 relative.
+@pytest.mark.numerics
 def test_a_pairs_own_older_key_is_not_its_negative():
     queue = moco.KeyQueue(queue_size=4, dim=2)
     queue.enqueue(tf.constant([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]),

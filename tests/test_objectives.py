@@ -51,6 +51,8 @@ def test_tlm_weight_zero_never_runs_the_mlm_head():
     assert {id(v) for v in aligner.encoder.trainable_variables} <= trained
 
 
+# tolerance: a weight times the same computation: loss 1e-6 relative; gradients 1e-4 relative + 1e-9 for entries ~0.
+@pytest.mark.numerics
 def test_tlm_weight_scales_the_tlm_loss_and_the_heads_gradient():
     bundle, aligner = _tiny_aligner()
     batch = _batch(bundle)
@@ -100,6 +102,8 @@ def test_an_objective_switched_off_is_not_computed_and_trains_nothing(tmp_path, 
 
 # === In-batch negatives ===
 
+# tolerance: cosines / T of unit vectors (|logit| <= 20) vs numpy: rtol 1e-5 + atol 1e-6.
+@pytest.mark.numerics
 def test_in_batch_negatives_are_symmetric_infonce_without_queue_or_key_encoder():
     _, aligner = _tiny_aligner(contrastive_negatives="in_batch", temperature=0.5)
     assert aligner.key_encoder is None and aligner.key_queue is None
@@ -221,6 +225,8 @@ def test_a_headless_checkpoint_without_warmup_is_warned_about(tmp_path, monkeypa
 
 # === The head warm-up, measured ===
 
+# tolerance: the same function on the same batches and weights in one process: the same kernels give the same argmax, so the count is exact; abs 1e-6 is the float of a count.
+@pytest.mark.numerics
 def test_head_warmup_is_measured_on_its_own_last_batches(tmp_path):
     from tf_mbalign.training.head_warmup import tlm_accuracy
     from tf_mbalign.training.run_summary import RunSummary

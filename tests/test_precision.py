@@ -246,6 +246,9 @@ def float32_and_mixed_runs():
             for policy, step in (("float32", reference), ("mixed_bfloat16", mixed))}
 
 
+# tolerance: bf16 vs float32 steps: see LOSS_RTOL / LOSS_ATOL (bf16 has 8 bits of mantissa).
+@pytest.mark.numerics
+@pytest.mark.bfloat16
 def test_mixed_bfloat16_steps_stay_finite_and_close_to_float32(float32_and_mixed_runs):
     import numpy as np
 
@@ -350,6 +353,9 @@ def _saved_dtypes(path):
     return found
 
 
+# tolerance: a float32 export vs the float32 reference maths: rtol 1e-5 + atol 1e-6 of unit vectors.
+@pytest.mark.numerics
+@pytest.mark.bfloat16
 def test_export_of_a_mixed_bfloat16_model_is_float32_unless_asked(float32_and_mixed_runs,
                                                                    tmp_path):
     import numpy as np
@@ -377,6 +383,9 @@ def test_export_of_a_mixed_bfloat16_model_is_float32_unless_asked(float32_and_mi
     assert mlm["mlm_logits"].dtype == tf.float32
 
 
+# tolerance: a bf16 export vs float32: bounded by bf16's 2^-8 relative rounding.
+@pytest.mark.numerics
+@pytest.mark.bfloat16
 def test_bfloat16_export_on_request(float32_and_mixed_runs, tmp_path):
     """bf16 weights and matmuls, float32 embeddings out, close to float32's
     (the serving model alone: `export_encoder(precision=...)` exports the

@@ -59,6 +59,8 @@ def test_bad_bitext_files_are_named(tmp_path):
         retrieval.read_bitext_dir(str(tmp_path))
 
 
+# tolerance: other batch shapes, unit vectors: atol 1e-5 ~100 ulps.
+@pytest.mark.numerics
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_embedder_batching_does_not_change_vectors(pooling):
     from tf_mbalign.modeling import encoders

@@ -217,6 +217,8 @@ def _project_outputs(bundle, token_ids, padding_mask):
     return layers, logits
 
 
+# tolerance: float32 TF vs float64 numpy through 2 layers: see RTOL / ATOL (1e-4, ~1000 ulps of O(1) values).
+@pytest.mark.numerics
 def test_xlm_roberta_dir_matches_numpy_reference(bundle, hf_weights):
     from tf_mbalign.data import tokenizers
     from tf_mbalign.modeling.bert_encoder import BertEncoder
@@ -252,6 +254,8 @@ def test_xlm_roberta_dir_matches_numpy_reference(bundle, hf_weights):
         assert np.max(np.abs(wrong[-1][valid] - layers[-1][valid])) > 5 * ATOL
 
 
+# tolerance: two loaders give the same weights and graph: O(1) values, 1e-6.
+@pytest.mark.numerics
 def test_roberta_model_type_loads_the_same(tmp_path, hf_weights, spm_model, bundle):
     """keras-hub's RoBERTa converter skips the token type row; the loader adds it."""
     from tf_mbalign.modeling import encoders
@@ -267,6 +271,8 @@ def test_roberta_model_type_loads_the_same(tmp_path, hf_weights, spm_model, bund
     np.testing.assert_allclose(logits[valid], expected_logits[valid], rtol=1e-6, atol=1e-6)
 
 
+# tolerance: float32 TF vs float32 torch: see RTOL / ATOL.
+@pytest.mark.numerics
 def test_xlm_roberta_dir_matches_transformers(bundle, checkpoint_dir):
     torch = pytest.importorskip("torch", reason=NO_TORCH)
     transformers = pytest.importorskip("transformers")
@@ -374,6 +380,8 @@ def test_keras_hub_preset_directory_passed_as_hf_dir_gets_a_hint(tmp_path):
 # --- keras-hub preset ----------------------------------------------------------------------
 
 
+# tolerance: keras-hub's backbone vs ours, same weights, other layers: O(1) values, 1e-5 ~100 ulps.
+@pytest.mark.numerics
 def test_keras_hub_xlm_roberta_preset_saved_locally(tmp_path, spm_model):
     import keras_hub
     import tensorflow as tf
@@ -438,6 +446,8 @@ def _packed(tokenizer, sentences, length=None):
 SENTENCES = ["The cat sat on the mat.", "Le chat est assis.", "Кошка сидит на коврике.", "猫"]
 
 
+# tolerance: exports vs the in-memory model: O(1) values, 1e-5 ~100 ulps (atol 1e-6 for unit embeddings).
+@pytest.mark.numerics
 def test_xlm_roberta_trains_exports_and_the_export_reproduces_it(trained_run):
     import tensorflow as tf
 
@@ -550,6 +560,8 @@ def _saved_model_cli(model_dir, signature, inputs, outdir, with_tensorflow_text=
     return json.loads(lines[-1][len("REPORT "):]), result.stderr
 
 
+# tolerance: the serving SavedModel vs the in-memory model: unit embeddings, rtol 1e-5 + atol 1e-7.
+@pytest.mark.numerics
 def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
     import tensorflow as tf
 
@@ -588,6 +600,8 @@ def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
     assert report["status"] != 0 and "Op type not registered" in stderr
 
 
+# tolerance: the serving SavedModel vs the in-memory model: unit embeddings, rtol 1e-5 + atol 1e-7.
+@pytest.mark.numerics
 def test_strings_serving_model_runs_in_a_session_loader_with_tf_text(trained_run, tmp_path):
     """With TF Text's ops registered, a session-based loader (TF Serving's kind)
     restores the strings model's variables (Keras 3 variables once exported a

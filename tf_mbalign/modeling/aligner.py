@@ -385,14 +385,7 @@ class Aligner(keras.Model):
         queue, or symmetric in-batch InfoNCE (sentence level). `vectors`:
         `trained_sentence_vectors(batch)` when already computed."""
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        if vectors is None:
-            vectors = self.trained_sentence_vectors(batch, training)
-        queries = self.contrastive_embedding(vectors["query"])
-        if self.uses_queue:
-            logits, labels = self.queue_logits(queries, keys, batch.get("pair_id"))
-        else:
-            keys = self.contrastive_embedding(vectors["key"])
-            logits, labels = self.in_batch_logits(queries, keys, batch.get("pair_id"))
+        logits, labels = self.contrastive_logits(batch, keys, training, vectors)
         row_losses = keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                   from_logits=True)
         rows = tf.cast(tf.shape(logits)[0], tf.float32)
@@ -400,6 +393,18 @@ class Aligner(keras.Model):
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
                           tf.float32)
         return moco_loss, {"moco_losses": row_losses, "moco_correct": correct}
+
+    def contrastive_logits(self, batch, keys=None, training=True, vectors=None):
+        """(logits, labels) of the contrastive loss on this replica's batch:
+        `queue_logits` against MoCo's queue, else `in_batch_logits`.
+        `vectors`: `trained_sentence_vectors(batch)` when already computed."""
+        if vectors is None:
+            vectors = self.trained_sentence_vectors(batch, training)
+        queries = self.contrastive_embedding(vectors["query"])
+        if self.uses_queue:
+            return self.queue_logits(queries, keys, batch.get("pair_id"))
+        keys = self.contrastive_embedding(vectors["key"])
+        return self.in_batch_logits(queries, keys, batch.get("pair_id"))
 
     def anchor_terms(self, batch, vectors, targets=None):
         """(anchor_loss, partial sums): the distance of the trained encoder's

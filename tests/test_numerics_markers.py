@@ -1,0 +1,63 @@
+"""The rules of `numerics` tests (BUILD_NOTES.md, "Numerical tolerances"):
+each says in one `# tolerance:` line why its tolerance is what it is, and the
+markers `.ci/run` selects by are registered."""
+
+import ast
+import configparser
+import glob
+import os
+
+from conftest import REPO_ROOT
+
+
+def _marks(function):
+    """Names of the `pytest.mark.X` decorators of a test function."""
+    names = set()
+    for decorator in function.decorator_list:
+        node = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "mark"):
+            names.add(node.attr)
+    return names
+
+
+def numerics_tests_without_a_reason(paths):
+    """[(file:line, test)] of `numerics` tests whose decorators are not
+    preceded by a comment block holding a `# tolerance:` line."""
+    missing = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef) and "numerics" in _marks(node):
+                first = min(d.lineno for d in node.decorator_list)
+                comments = []  # the comment block right above the decorators
+                for line in reversed(lines[:first - 1]):
+                    if not line.strip().startswith("#"):
+                        break
+                    comments.append(line.strip())
+                if not any(line.startswith("# tolerance:") for line in comments):
+                    missing.append((f"{os.path.relpath(path, REPO_ROOT)}:{first}", node.name))
+    return missing
+
+
+def test_every_numerics_test_states_why_its_tolerance_is_what_it_is(tmp_path):
+    paths = sorted(glob.glob(os.path.join(REPO_ROOT, "tests", "test_*.py")))
+    found = numerics_tests_without_a_reason(paths)
+    assert found == [], f"add a '# tolerance: <why>' line above these tests' decorators: {found}"
+    # The check can fail: a numerics test without the line is found.
+    bad = tmp_path / "test_bad.py"
+    bad.write_text("import pytest\n\n\n@pytest.mark.numerics\ndef test_x():\n    pass\n")
+    assert numerics_tests_without_a_reason([str(bad)]) == [(os.path.relpath(str(bad), REPO_ROOT) + ":4", "test_x")]
+
+
+def test_the_markers_ci_selects_by_are_registered():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(REPO_ROOT, "setup.cfg"))
+    registered = {line.split(":")[0].strip()
+                  for line in config["tool:pytest"]["markers"].splitlines() if line.strip()}
+    assert {"numerics", "bfloat16", "slow", "distributed"} <= registered
+    with open(os.path.join(REPO_ROOT, ".ci", "run"), encoding="utf-8") as f:
+        script = f.read()
+    assert '-m numerics' in script and '"numerics and not bfloat16"' in script
