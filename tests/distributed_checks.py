@@ -1,17 +1,19 @@
 """Checks that need several logical devices, run in a fresh process.
 
-`python tests/distributed_checks.py mirrored_equivalence OUT.json [VARIANT]`
+`python tests/distributed_checks.py mirrored_equivalence OUT_DIR VARIANT...`
 splits the CPU into 2 logical devices (possible only before TensorFlow
 starts, hence a separate process), runs the same steps on one device and
 under MirroredStrategy on the same global batches, and writes the per-step
-metrics and the largest weight differences to OUT.json for the test to check.
-VARIANT is `queue` (MoCo, the default), `in_batch` (symmetric InfoNCE over
-the global batch; two rows on different replicas are then given the same
-pair id, so the cross-replica same-pair mask is exercised too) or `anchor`
+metrics and the largest weight differences to OUT_DIR/VARIANT.json for the
+test to check, for each VARIANT in turn (one process: TensorFlow starts
+once). A VARIANT is `queue` (MoCo), `in_batch` (symmetric InfoNCE over the
+global batch; two rows on different replicas are then given the same pair
+id, so the cross-replica same-pair mask is exercised too) or `anchor`
 (`in_batch` plus the English anchor).
 """
 
 import json
+import os
 import sys
 
 from tf_mbalign import runtime  # noqa: E402
@@ -287,7 +289,13 @@ def gathered_keys(out_path):
                    "pair_ids": queue.pair_ids.numpy().tolist()}, f)
 
 
+def mirrored_equivalences(out_dir, *variants):
+    """`mirrored_equivalence` of each variant, into OUT_DIR/VARIANT.json."""
+    for variant in variants:
+        mirrored_equivalence(os.path.join(out_dir, f"{variant}.json"), variant)
+
+
 if __name__ == "__main__":
-    {"mirrored_equivalence": mirrored_equivalence, "gathered_keys": gathered_keys}[sys.argv[1]](
+    {"mirrored_equivalence": mirrored_equivalences, "gathered_keys": gathered_keys}[sys.argv[1]](
         *sys.argv[2:]
     )

@@ -21,12 +21,11 @@ def _losses(history):
 
 # tolerance: resume replays the same ops on the same kernels: bitwise by design; rtol 1e-5 of ~5-10 losses only absorbs summation order.
 @pytest.mark.numerics
-@pytest.mark.parametrize("objectives", [
-    {}, {"anchor_weight": 0.5, "contrastive_negatives": "in_batch"}], ids=["moco", "anchor"])
-def test_resume_gives_the_same_per_step_losses(tmp_path, objectives):
-    # Dropout on, head warm-up, and a restart in the encoder phase. With the
-    # anchor, the resumed run rebuilds its teacher from the encoder it loads.
-    common = dict(head_warmup_steps=2, dropout=0.1, checkpoint_every=3, **objectives)
+def test_resume_gives_the_same_per_step_losses(tmp_path):
+    # Dropout on, head warm-up, and a restart in the encoder phase; MoCo's
+    # queue and key encoder restored, and the English anchor's teacher
+    # rebuilt from the encoder the resumed run loads.
+    common = dict(head_warmup_steps=2, dropout=0.1, checkpoint_every=3, anchor_weight=0.5)
     straight = AlignmentRun(tiny_train_config(tmp_path / "a", train_steps=4, **common)).run()
     first = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=1, **common)).run()
     second = AlignmentRun(tiny_train_config(tmp_path / "b", train_steps=4, **common)).run()
@@ -34,9 +33,9 @@ def test_resume_gives_the_same_per_step_losses(tmp_path, objectives):
     # Losses are ~5-10: relative 1e-5 (float32 summation order) + a small absolute floor.
     np.testing.assert_allclose(np.array(_losses(straight)), np.array(_losses(first + second)),
                                rtol=1e-5, atol=1e-6)
-    if objectives:  # The anchor was computed and changed once the encoder trained.
-        anchors = [h["anchor_loss"] for h in straight]
-        assert all(a is not None and a > 0 for a in anchors) and anchors[-1] != anchors[0]
+    # The anchor was computed and changed once the encoder trained.
+    anchors = [h["anchor_loss"] for h in straight]
+    assert all(a is not None and a > 0 for a in anchors) and anchors[-1] != anchors[0]
     # metrics.jsonl of the resumed run holds each step once.
     with open(tmp_path / "b" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5, 6]
@@ -80,18 +79,28 @@ def _flippable_rows(comparison):
 
 # tolerance: losses, logits and gradients to float32 summation noise (1e-5 relative);
 # accuracies up to the rows whose winner leads by less than that noise.
+MIRRORED_VARIANTS = ("queue", "anchor")
+
+
+@pytest.fixture(scope="module")
+def mirrored_reports(tmp_path_factory):
+    """distributed_checks.py's report of each variant, from one process
+    (TensorFlow and the 2 logical devices start once)."""
+    out = tmp_path_factory.mktemp("mirrored")
+    result = run_module([os.path.join(REPO_ROOT, "tests", "distributed_checks.py"),
+                         "mirrored_equivalence", str(out), *MIRRORED_VARIANTS])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {v: json.loads((out / f"{v}.json").read_text()) for v in MIRRORED_VARIANTS}
+
+
 @pytest.mark.numerics
 @pytest.mark.distributed
-@pytest.mark.parametrize("variant", ["queue", "in_batch", "anchor"])
-def test_mirrored_step_equals_single_device_step(tmp_path, variant):
-    """MoCo's queue, in-batch negatives gathered over replicas with their
-    gradient (with tlm_weight 0.5 and a pair id shared across replicas), and
-    in-batch negatives with the English anchor."""
-    out = tmp_path / "mirrored.json"
-    result = run_module([os.path.join(REPO_ROOT, "tests", "distributed_checks.py"),
-                         "mirrored_equivalence", str(out), variant])
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+@pytest.mark.parametrize("variant", MIRRORED_VARIANTS)
+def test_mirrored_step_equals_single_device_step(mirrored_reports, variant):
+    """MoCo's queue; and in-batch negatives gathered over replicas with their
+    gradient (with tlm_weight 0.5 and a pair id shared across replicas) with
+    the English anchor on (the anchor variant exercises every in-batch path)."""
+    report = mirrored_reports[variant]
     negatives = report["negatives"]
     assert report["replicas"] == 2 and report["variant"] == variant
     for single, mirrored, logits in zip(report["single"], report["mirrored"], report["logits"]):
@@ -252,8 +261,6 @@ def test_corpus_of_unknown_language_warns_how_to_name_it(tmp_path):
     assert "Name a TSV file en-XX.tsv (e.g. en-de.tsv)" in result.stderr
 
 
-# tolerance: the export's SavedModel vs its Keras model: same float32 maths, other kernels; layer-normalized / tanh-bounded outputs, so atol 1e-5 is ~100 ulps.
-@pytest.mark.numerics
 def test_binary_trains_resumes_and_exports(tmp_path):
     args = ["--train_steps=2", "--global_batch_size=8", "--queue_size=16", "--max_seq_length=48",
             "--max_sentence_length=24", "--max_predictions_per_seq=8", "--quiet"]
@@ -284,27 +291,27 @@ def test_binary_trains_resumes_and_exports(tmp_path):
     resumed_check = json.loads((run_dir / "alignment_check.json").read_text())
     assert resumed_check["before"] == check["before"] and resumed_check["after"]["step"] == 3
 
-    # The export reloads in a fresh process and reproduces the Keras model.
+    # The export reloads in a fresh process, and its Keras file and SavedModel
+    # hold the same trained weights, bit for bit (stored values, no arithmetic:
+    # that the two compute the same outputs is tests/test_export.py's
+    # numerics round trip).
     check = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "import tf_mbalign\n"
+        "import hashlib, sys, numpy as np, tensorflow as tf\n"
         "from tf_mbalign.export import encoder_export\n"
         "d = sys.argv[1]\n"
-        "ids = np.array([[2, 40, 41, 42, 3, 0]], np.int32); mask = (ids > 0).astype(np.int32)\n"
-        "keras_model = encoder_export.load_encoder(d)\n"
-        "k = keras_model({'token_ids': ids, 'segment_ids': 0 * ids, 'padding_mask': mask})\n"
-        "sm = tf.saved_model.load(d + '/encoder').signatures['serving_default']\n"
-        "s = sm(input_word_ids=tf.constant(ids), input_mask=tf.constant(mask),"
-        " input_type_ids=tf.constant(0 * ids))\n"
-        "print(float(np.max(np.abs(k['pooled_output'].numpy() - s['pooled_output'].numpy()))),"
-        " float(np.max(np.abs(k['sequence_output'].numpy() - s['sequence_output'].numpy()))))\n"
+        "def digests(arrays):\n"
+        "    return {hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()"
+        " + str(a.shape) for a in arrays}\n"
+        "keras_weights = digests(w.numpy() for w in encoder_export.load_encoder(d).weights)\n"
+        "saved = digests(v.numpy() for v in tf.saved_model.load(d + '/encoder').variables)\n"
+        "print(len(keras_weights), keras_weights <= saved)\n"
     )
     result = run_module(["-c", check, str(run_dir / "export")])
     assert result.returncode == 0, result.stderr[-3000:]
-    pooled_diff, sequence_diff = map(float, result.stdout.split())
-    # Hidden states are layer-normalized (O(1)) and pooled outputs tanh-bounded:
-    # an absolute 1e-5 is a relative one here.
-    assert pooled_diff <= 1e-5 and sequence_diff <= 1e-5
+    keras_count, contained = result.stdout.split()
+    # Every weight of the Keras file is a variable of the SavedModel (which
+    # also holds the MLM head's).
+    assert int(keras_count) > 10 and contained == "True", result.stdout
 
 
 # tolerance: a float16 / bf16 / XLA first step vs float32 from the same start: 0.05 of a ~5
