@@ -165,7 +165,7 @@ def _logit_comparison(single, mirrored):
     return out
 
 
-def mirrored_equivalence(out_path, variant="queue"):
+def mirrored_equivalence(out_path, variant="queue", strategy=None):
     config = _config(variant)
     negatives = config.contrastive_negatives
     keras.utils.set_random_seed(0)
@@ -180,7 +180,7 @@ def mirrored_equivalence(out_path, variant="queue"):
     if negatives == "in_batch":
         batches = [_shared_pair_id(b) for b in batches]
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = strategy or tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         twin = encoders.load_encoder(config.encoder, dropout=0.0)
         mirrored_training = build_alignment_step(config, twin)
@@ -290,9 +290,13 @@ def gathered_keys(out_path):
 
 
 def mirrored_equivalences(out_dir, *variants):
-    """`mirrored_equivalence` of each variant, into OUT_DIR/VARIANT.json."""
+    """`mirrored_equivalence` of each variant, into OUT_DIR/VARIANT.json,
+    under one MirroredStrategy (a second strategy in the process would
+    reuse the first one's collective instance keys, which TensorFlow's
+    collective executor refuses)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     for variant in variants:
-        mirrored_equivalence(os.path.join(out_dir, f"{variant}.json"), variant)
+        mirrored_equivalence(os.path.join(out_dir, f"{variant}.json"), variant, strategy)
 
 
 if __name__ == "__main__":

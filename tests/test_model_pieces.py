@@ -149,7 +149,7 @@ def test_aligner_docstring_example_runs():
     namespace = {}
     exec(compile(textwrap.dedent(example), "Aligner docstring", "exec"), namespace)
     losses = namespace["losses"]
-    assert set(losses) == {"loss", "tlm_loss", "moco_loss"}
+    assert set(losses) == {"loss", "tlm_loss", "moco_loss", "anchor_loss"}
     np.testing.assert_allclose(float(losses["loss"]),
                                float(losses["tlm_loss"]) + float(losses["moco_loss"]), rtol=1e-6)
     assert float(losses["tlm_loss"]) > 0 and np.isfinite(float(losses["moco_loss"]))

@@ -77,8 +77,6 @@ def _flippable_rows(comparison):
     return sum(abs(m) <= noise for m in comparison["margins"])
 
 
-# tolerance: losses, logits and gradients to float32 summation noise (1e-5 relative);
-# accuracies up to the rows whose winner leads by less than that noise.
 MIRRORED_VARIANTS = ("queue", "anchor")
 
 
@@ -93,6 +91,8 @@ def mirrored_reports(tmp_path_factory):
     return {v: json.loads((out / f"{v}.json").read_text()) for v in MIRRORED_VARIANTS}
 
 
+# tolerance: losses, logits and gradients to float32 summation noise (1e-5 relative);
+# accuracies up to the rows whose winner leads by less than that noise.
 @pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.parametrize("variant", MIRRORED_VARIANTS)
