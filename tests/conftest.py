@@ -53,13 +53,34 @@ def tiny_train_config(model_dir, **overrides):
     return TrainConfig(**values)
 
 
-def run_module(args, env=None, timeout=600):
-    """Runs `python -m ...` in a fresh process; returns CompletedProcess."""
+# The finished training binary run that several tests read (`finished_binary_run`).
+BINARY_RUN_FLAGS = ["--encoder=tiny:demo", TEST_PRECISION_FLAG, "--global_batch_size=8",
+                    "--queue_size=16", "--max_seq_length=48", "--max_sentence_length=24",
+                    "--max_predictions_per_seq=8", "--quiet", "--head_warmup_steps=1",
+                    "--train_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def finished_binary_run(tmp_path_factory):
+    """(model_dir, CompletedProcess) of one training binary run, finished and
+    exported: the tiny encoder on the demo corpus, 1 head warm-up step and 2
+    encoder steps (`BINARY_RUN_FLAGS`). One process serves every test that
+    reads it; those tests are in the xdist group "binary_run", so one worker
+    runs them all and makes it once. Read it; copy it before changing it."""
+    model_dir = tmp_path_factory.mktemp("binary_run") / "run"
+    result = run_module(["-m", "tf_mbalign.train", *BINARY_RUN_FLAGS, f"--model_dir={model_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def run_module(args, env=None, timeout=600, input_text=None):
+    """Runs `python -m ...` in a fresh process (`input_text` on its stdin);
+    returns CompletedProcess."""
     full_env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, *args], cwd=REPO_ROOT, env=full_env, capture_output=True,
-        text=True, timeout=timeout,
+        text=True, timeout=timeout, input=input_text,
     )
 
 

@@ -41,25 +41,30 @@ def test_compare_runs_every_job_resumes_and_writes_reports(tmp_path):
 
 
 def test_finetune_refuses_bad_requests(tmp_path):
-    result = run_module(["-m", "tf_mbalign.finetune", "--task=mlqa", "--encoder=tiny:demo",
-                         "--setting=translate_train", f"--data={tmp_path}"])
-    assert result.returncode == 2
-    assert "--setting=translate_train is not one of zero_shot, code_switch" in result.stderr
-    result = run_module(["-m", "tf_mbalign.finetune", "--task=xnli", "--encoder=tiny:demo",
-                         f"--data={tmp_path / 'missing'}"])
-    assert result.returncode == 2 and "missing: no such directory" in result.stderr
+    from binary_runs import run_many
+
     write_xnli(tmp_path / "xnli")
-    result = run_module(["-m", "tf_mbalign.finetune", "--task=xnli", "--encoder=tiny:demo",
-                         f"--data={tmp_path / 'xnli'}", "--max_seq_length=512"])
-    assert result.returncode == 2 and "exceeds the encoder's 128 positions" in result.stderr
-    assert "Traceback" not in result.stderr
+    bad_setting, missing, too_long = run_many("tf_mbalign.finetune", [
+        {"argv": ["--task=mlqa", "--encoder=tiny:demo", "--setting=translate_train",
+                  f"--data={tmp_path}"]},
+        {"argv": ["--task=xnli", "--encoder=tiny:demo", f"--data={tmp_path / 'missing'}"]},
+        {"argv": ["--task=xnli", "--encoder=tiny:demo", f"--data={tmp_path / 'xnli'}",
+                  "--max_seq_length=512"]},
+    ])
+    assert bad_setting["exit_code"] == 2
+    assert "--setting=translate_train is not one of zero_shot, code_switch" in bad_setting["stderr"]
+    assert missing["exit_code"] == 2 and "missing: no such directory" in missing["stderr"]
+    assert too_long["exit_code"] == 2
+    assert "exceeds the encoder's 128 positions" in too_long["stderr"]
+    assert not any("Traceback" in r["stderr"] for r in (bad_setting, missing, too_long))
 
 
 @pytest.mark.parametrize("module", ["tf_mbalign.evaluate", "tf_mbalign.finetune"])
 def test_help_exits_0_and_an_unknown_flag_exits_2_with_a_suggestion(module):
-    helped = run_module(["-m", module, "--help"])
-    assert helped.returncode == 0, helped.stderr[-2000:]
-    assert "--encoder" in helped.stdout
-    wrong = run_module(["-m", module, "--encodr=x"])
-    assert wrong.returncode == 2
-    assert "Unknown command line flag 'encodr'. Did you mean: encoder ?" in wrong.stderr
+    from binary_runs import run_many
+
+    helped, wrong = run_many(module, [{"argv": ["--help"]}, {"argv": ["--encodr=x"]}])
+    assert helped["exit_code"] == 0, helped["stderr"][-2000:]
+    assert "--encoder" in helped["stdout"]
+    assert wrong["exit_code"] == 2
+    assert "Unknown command line flag 'encodr'. Did you mean: encoder ?" in wrong["stderr"]

@@ -4,6 +4,7 @@ and the before -> after alignment check on held-out demo pairs (on other
 corpora's held-out pairs: test_held_out_check.py)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -306,16 +307,17 @@ def test_ranks_and_margins_against_every_candidate():
 
 @pytest.mark.parametrize("flagfile", ["configs/recipe.flags", "configs/align.flags"])
 def test_configs_parse_to_valid_settings(flagfile):
-    from conftest import run_module
+    from absl import flags
 
-    code = ("from tf_mbalign import config; from absl import flags; config.define_flags(); "
-            f"flags.FLAGS(['x', '--flagfile={flagfile}']); "
-            "parsed = config.TrainConfig.from_flags(); print(parsed.to_json()); "
-            # Resolved as for e5-small (no MLM head): no contradiction appears.
-            "parsed.with_checkpoint_defaults(config.WITHOUT_MLM_HEAD)")
-    result = run_module(["-c", code])
-    assert result.returncode == 0, result.stderr[-2000:]
-    values = json.loads(result.stdout[result.stdout.index("{"):])
+    from conftest import REPO_ROOT
+
+    flag_values = flags.FlagValues()  # the training binary's flags, apart from absl's global ones
+    config_lib.define_flags(flag_values)
+    flag_values(["x", f"--flagfile={os.path.join(REPO_ROOT, flagfile)}"])
+    parsed = config_lib.TrainConfig.from_flags(flag_values)
+    # Resolved as for e5-small (no MLM head): no contradiction appears.
+    parsed.with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)
+    values = json.loads(parsed.to_json())
     if flagfile == "configs/recipe.flags":
         # The recipe leaves what depends on the checkpoint to the checkpoint.
         assert all(values[name] is None for name in config_lib.CHECKPOINT_DEFAULTS)

@@ -25,11 +25,9 @@ def _read_summary(model_dir):
         return summary, f.read()
 
 
-def test_finished_run_writes_and_prints_the_summary_and_its_load_lines_work(tmp_path):
-    model_dir = tmp_path / "run"
-    result = run_module(["-m", "tf_mbalign.train", *TINY_FLAGS, f"--model_dir={model_dir}",
-                         "--head_warmup_steps=1", "--train_steps=2"])
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.xdist_group("binary_run")
+def test_finished_run_writes_and_prints_the_summary_and_its_load_lines_work(finished_binary_run):
+    model_dir, result = finished_binary_run  # BINARY_RUN_FLAGS: 1 warm-up + 2 encoder steps
     summary, markdown = _read_summary(model_dir)
     assert summary["outcome"] == "finished" and summary["error"] is None
     assert summary["steps"]["head_warmup"] == {"done": 1, "planned": 1}

@@ -151,61 +151,138 @@ def _train(args, tmp_path):
                        f"--model_dir={tmp_path / 'run'}", *args])
 
 
-@pytest.mark.parametrize(
-    "make_corpus,expected",
-    [
-        (lambda d: (d / "en-de.tsv").write_bytes(b"Hello\tHallo\nbad \xff\tx\n"), "en-de.tsv:2: invalid UTF-8"),
-        (lambda d: (d / "en-de.tsv").write_text("\n  \t \n"), "no usable sentence pairs"),
-        (lambda d: None, "not found"),
-    ],
-)
-def test_bad_corpus_fails_before_training_and_writes_nothing(tmp_path, make_corpus, expected):
-    corpus_dir = tmp_path / "corpus"
-    corpus_dir.mkdir()
-    make_corpus(corpus_dir)
-    target = corpus_dir / "en-de.tsv"
-    result = _train([f"--corpus={target}"], tmp_path)
-    assert result.returncode == 2
-    assert expected in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
+# The training binary's command lines that end before any training (bad
+# flags, bad input, --help; one trains 0 steps), run together in one process
+# (tests/binary_runs.py) instead of a TensorFlow start-up each. A case writes
+# its files into its own directory and returns its arguments; every case gets
+# --model_dir=<its directory>/run, which must not appear when it fails.
+def _corpus_file(content):
+    def write(directory):
+        corpus = directory / "corpus"
+        corpus.mkdir()
+        if content is not None:
+            (corpus / "en-de.tsv").write_bytes(content)
+        return [f"--corpus={corpus / 'en-de.tsv'}"]
+    return write
 
 
-def test_mismatched_line_counts_name_both_files(tmp_path):
-    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
-    (tmp_path / "a.de").write_text("eins\nzwei\n")
-    result = _train([f"--corpus={tmp_path / 'a.en'},{tmp_path / 'a.de'}"], tmp_path)
-    assert result.returncode == 2
-    assert "a.en has 3 lines" in result.stderr and "a.de has 2 lines" in result.stderr
-    assert not (tmp_path / "run").exists()
+def _files(files, corpus):
+    def write(directory):
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        return [f"--corpus={','.join(str(directory / name) for name in corpus.split(','))}"]
+    return write
 
 
-def test_invalid_flags_are_reported_together(tmp_path):
-    result = _train(["--contrastive_negatives=queue", "--queue_size=4", "--global_batch_size=8",
-                     "--temperature=0"], tmp_path)
-    assert result.returncode == 2
-    assert "--queue_size=4 must hold" in result.stderr and "--temperature" in result.stderr
+def _unknown_language_corpus(directory):
+    (directory / "pairs.tsv").write_text("Hello\tBonjour\nGood night\tBonne nuit\n")
+    return [f"--corpus={directory / 'pairs.tsv'}", "--train_steps=0", "--noexport", "--quiet"]
 
 
-def test_help_is_grouped_by_topic_and_exits_0(tmp_path):
-    result = _train(["--help"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+def _mismatched_line_counts(directory):
+    (directory / "a.en").write_text("one\ntwo\nthree\n")
+    (directory / "a.de").write_text("eins\nzwei\n")
+    return [f"--corpus={directory / 'a.en'},{directory / 'a.de'}"]
+
+
+BAD_CORPORA = {  # case: (writes the corpus, what stderr says)
+    "invalid_utf8": (_corpus_file(b"Hello\tHallo\nbad \xff\tx\n"), "en-de.tsv:2: invalid UTF-8"),
+    "blank": (_corpus_file(b"\n  \t \n"), "no usable sentence pairs"),
+    "missing": (_corpus_file(None), "not found"),
+}
+BAD_FLAGS = {  # case: (arguments, what stderr says)
+    "misspelt": (["--queue_sise=16"],
+                 "Unknown command line flag 'queue_sise'. Did you mean: queue_size ?"),
+    "not_an_int": (["--train_steps=ten"], "flag --train_steps=ten: invalid literal for int()"),
+    "not_a_choice": (["--pooling=max"], "flag --pooling=max: value should be one of <cls|mean>"),
+    "stray": (["stray"], "unexpected arguments: stray"),
+}
+BAD_CORPUS_INPUT = {  # case: (writes the files, what stderr says)
+    "tsv_without_tab": (_files({"en-de.tsv": "Hello\tHallo\njust English\n"}, "en-de.tsv"),
+                        "en-de.tsv:2: expected `english<TAB>other` (one tab), found 0 tabs: the "
+                        "tab and the translation after it are missing"),
+    "tab_in_line_aligned": (_files({"pairs.en": "Hello\tHallo\n", "pairs.fr": "Hello\tBonjour\n"},
+                                   "pairs.en,pairs.fr"),
+                            "pairs.en:1: a tab in the English file of a line-aligned pair. This "
+                            "looks like an `english<TAB>other` TSV file"),
+    "three_files": (_files({"a.en": "one\n", "a.de": "eins\n", "a.fr": "un\n"}, "a.en,a.de,a.fr"),
+                    "a comma list is either TSV files"),
+}
+BINARY_CASES = {
+    **{f"bad_corpus/{name}": write for name, (write, _) in BAD_CORPORA.items()},
+    **{f"bad_flags/{name}": (lambda d, a=args: a) for name, (args, _) in BAD_FLAGS.items()},
+    **{f"bad_input/{name}": write for name, (write, _) in BAD_CORPUS_INPUT.items()},
+    "mismatched_line_counts": _mismatched_line_counts,
+    "invalid_together": lambda d: ["--contrastive_negatives=queue", "--queue_size=4",
+                                   "--global_batch_size=8", "--temperature=0"],
+    "help": lambda d: ["--help"],
+    "unknown_language": _unknown_language_corpus,
+}
+
+
+@pytest.fixture(scope="module")
+def binary_cases(tmp_path_factory):
+    """{case: (its directory, {"exit_code", "stdout", "stderr"})} of every
+    `BINARY_CASES` entry, run in one process."""
+    from binary_runs import run_many
+
+    root = tmp_path_factory.mktemp("binary_cases")
+    directories, requests = {}, []
+    for index, (name, write) in enumerate(BINARY_CASES.items()):
+        directory = root / f"case{index}"
+        directory.mkdir()
+        directories[name] = directory
+        requests.append({"argv": ["--encoder=tiny:demo", TEST_PRECISION_FLAG,
+                                  f"--model_dir={directory / 'run'}", *write(directory)]})
+    results = run_many("tf_mbalign.train", requests)
+    return {name: (directories[name], result) for name, result in zip(BINARY_CASES, results)}
+
+
+@pytest.mark.xdist_group("training_binary_cases")
+@pytest.mark.parametrize("case", sorted(BAD_CORPORA))
+def test_bad_corpus_fails_before_training_and_writes_nothing(binary_cases, case):
+    directory, result = binary_cases[f"bad_corpus/{case}"]
+    assert result["exit_code"] == 2
+    assert BAD_CORPORA[case][1] in result["stderr"], result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"]
+    assert not (directory / "run").exists()
+
+
+@pytest.mark.xdist_group("training_binary_cases")
+def test_mismatched_line_counts_name_both_files(binary_cases):
+    directory, result = binary_cases["mismatched_line_counts"]
+    assert result["exit_code"] == 2
+    assert "a.en has 3 lines" in result["stderr"] and "a.de has 2 lines" in result["stderr"]
+    assert not (directory / "run").exists()
+
+
+@pytest.mark.xdist_group("training_binary_cases")
+def test_invalid_flags_are_reported_together(binary_cases):
+    _, result = binary_cases["invalid_together"]
+    assert result["exit_code"] == 2
+    assert "--queue_size=4 must hold" in result["stderr"] and "--temperature" in result["stderr"]
+
+
+@pytest.mark.xdist_group("training_binary_cases")
+def test_help_is_grouped_by_topic_and_exits_0(binary_cases):
+    directory, result = binary_cases["help"]
+    stdout = result["stdout"]
+    assert result["exit_code"] == 0, result["stderr"][-2000:]
     topics = ["data:", "model:", "objectives (TLM, MoCo, English anchor):", "optimizer:",
               "checkpoints and runtime:", "distribution:"]
-    positions = [result.stdout.index(f"\n{topic}\n") for topic in topics]
+    positions = [stdout.index(f"\n{topic}\n") for topic in topics]
     assert positions == sorted(positions)
     # Each flag under its topic: --corpus under data, --encoder under model.
-    assert positions[0] < result.stdout.index("\n  --corpus ") < positions[1]
-    assert positions[1] < result.stdout.index("\n  --encoder ") < positions[2]
-    assert "e5_small or embedded" in result.stdout  # the encoder aliases, documented
+    assert positions[0] < stdout.index("\n  --corpus ") < positions[1]
+    assert positions[1] < stdout.index("\n  --encoder ") < positions[2]
+    assert "e5_small or embedded" in stdout  # the encoder aliases, documented
     # Defaults that depend on the checkpoint say so, with both values.
-    assert "--temperature (default: by checkpoint: 0.07 with an MLM head, 0.05 without)" \
-        in result.stdout
+    assert "--temperature (default: by checkpoint: 0.07 with an MLM head, 0.05 without)" in stdout
     assert "--contrastive_negatives (default: by checkpoint: 'queue' with an MLM head, " \
-        "'in_batch' without)" in result.stdout
-    assert "\n  --tlm_weight " in result.stdout and "\n  --contrastive_negatives " in result.stdout
-    assert "\n  --anchor_weight (default: 0.0)" in result.stdout
-    assert not (tmp_path / "run").exists()
+        "'in_batch' without)" in stdout
+    assert "\n  --tlm_weight " in stdout and "\n  --contrastive_negatives " in stdout
+    assert "\n  --anchor_weight (default: 0.0)" in stdout
+    assert not (directory / "run").exists()
 
 
 def test_every_training_flag_has_one_help_topic():
@@ -217,79 +294,69 @@ def test_every_training_flag_has_one_help_topic():
     assert sorted(listed) == sorted(f.name for f in dataclasses.fields(TrainConfig))
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--queue_sise=16"], "Unknown command line flag 'queue_sise'. Did you mean: queue_size ?"),
-    (["--train_steps=ten"], "flag --train_steps=ten: invalid literal for int()"),
-    (["--pooling=max"], "flag --pooling=max: value should be one of <cls|mean>"),
-    (["stray"], "unexpected arguments: stray"),
-])
-def test_bad_flags_exit_2_with_the_problem(tmp_path, args, expected):
-    result = _train(args, tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
+@pytest.mark.xdist_group("training_binary_cases")
+@pytest.mark.parametrize("case", sorted(BAD_FLAGS))
+def test_bad_flags_exit_2_with_the_problem(binary_cases, case):
+    directory, result = binary_cases[f"bad_flags/{case}"]
+    assert result["exit_code"] == 2, result["stderr"][-2000:]
+    assert BAD_FLAGS[case][1] in result["stderr"], result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"]
+    assert not (directory / "run").exists()
 
 
-@pytest.mark.parametrize("files,corpus,expected", [
-    ({"en-de.tsv": "Hello\tHallo\njust English\n"}, "en-de.tsv",
-     "en-de.tsv:2: expected `english<TAB>other` (one tab), found 0 tabs: the tab and the "
-     "translation after it are missing"),
-    ({"pairs.en": "Hello\tHallo\n", "pairs.fr": "Hello\tBonjour\n"}, "pairs.en,pairs.fr",
-     "pairs.en:1: a tab in the English file of a line-aligned pair. This looks like an "
-     "`english<TAB>other` TSV file"),
-    ({"a.en": "one\n", "a.de": "eins\n", "a.fr": "un\n"}, "a.en,a.de,a.fr",
-     "a comma list is either TSV files"),
-])
-def test_bad_corpus_input_exits_2_naming_the_fix(tmp_path, files, corpus, expected):
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-    spec = ",".join(str(tmp_path / name) for name in corpus.split(","))
-    result = _train([f"--corpus={spec}"], tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr, result.stderr[-2000:]
-    assert not (tmp_path / "run").exists()
+@pytest.mark.xdist_group("training_binary_cases")
+@pytest.mark.parametrize("case", sorted(BAD_CORPUS_INPUT))
+def test_bad_corpus_input_exits_2_naming_the_fix(binary_cases, case):
+    directory, result = binary_cases[f"bad_input/{case}"]
+    assert result["exit_code"] == 2, result["stderr"][-2000:]
+    assert BAD_CORPUS_INPUT[case][1] in result["stderr"], result["stderr"][-2000:]
+    assert not (directory / "run").exists()
 
 
-def test_corpus_of_unknown_language_warns_how_to_name_it(tmp_path):
-    (tmp_path / "pairs.tsv").write_text("Hello\tBonjour\nGood night\tBonne nuit\n")
-    result = _train([f"--corpus={tmp_path / 'pairs.tsv'}", "--train_steps=0", "--noexport",
-                     "--quiet"], tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "warning: " in result.stderr
-    assert "the language of 2 pairs is unknown ('xx')" in result.stderr
-    assert "Name a TSV file en-XX.tsv (e.g. en-de.tsv)" in result.stderr
+@pytest.mark.xdist_group("training_binary_cases")
+def test_corpus_of_unknown_language_warns_how_to_name_it(binary_cases):
+    _, result = binary_cases["unknown_language"]
+    assert result["exit_code"] == 0, result["stderr"][-2000:]
+    assert "warning: " in result["stderr"]
+    assert "the language of 2 pairs is unknown ('xx')" in result["stderr"]
+    assert "Name a TSV file en-XX.tsv (e.g. en-de.tsv)" in result["stderr"]
 
 
-def test_binary_trains_resumes_and_exports(tmp_path):
-    args = ["--train_steps=2", "--global_batch_size=8", "--queue_size=16", "--max_seq_length=48",
-            "--max_sentence_length=24", "--max_predictions_per_seq=8", "--quiet"]
-    result = _train(args, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "step 2 loss=" in result.stdout and "exported the aligned encoder" in result.stdout
+@pytest.mark.xdist_group("binary_run")
+def test_binary_trains_resumes_and_exports(tmp_path, finished_binary_run):
+    import shutil
+
+    from conftest import BINARY_RUN_FLAGS
+
+    finished_dir, result = finished_binary_run  # 1 head warm-up + 2 encoder steps
+    assert "step 3 loss=" in result.stdout and "exported the aligned encoder" in result.stdout
     # Clean output: no TensorFlow start-up noise.
     assert "cuda" not in (result.stdout + result.stderr).lower()
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run"  # a copy: the finished run is shared
+    shutil.copytree(finished_dir, run_dir)
     flags = json.loads((run_dir / "flags.json").read_text())
     assert flags["train_steps"] == 2 and flags["encoder"] == "tiny:demo"
-    # Checkpoint-dependent values resolved (a random test encoder: no warm-up).
-    assert flags["head_warmup_steps"] == 0 and flags["temperature"] == 0.07
+    # Checkpoint-dependent values resolved (a random test encoder).
+    assert flags["temperature"] == 0.07
+    assert flags["checkpoint_default_sources"]["temperature"].startswith("random test encoder")
     assert flags["checkpoint_default_sources"]["queue_size"] == "set: --queue_size"
     assert "settings by checkpoint (the encoder is a random test encoder):" in result.stdout
     assert os.listdir(run_dir / "tensorboard")
     # The before -> after check: printed, and both halves in model_dir.
     assert "alignment check: 120 demo pairs held out of training" in result.stdout
     check = json.loads((run_dir / "alignment_check.json").read_text())
-    assert (check["before"]["step"], check["after"]["step"]) == (0, 2)
+    assert (check["before"]["step"], check["after"]["step"]) == (0, 3)
     assert set(check["after"]) == {"step", "candidates", "all", "ar", "de", "fr", "hi", "ru", "zh"}
     assert check["after"]["candidates"] == 120 and check["after"]["de"]["pairs"] == 20
     assert check["before"]["all"] != check["after"]["all"]  # the encoder trained in between
-    again = _train(args[:0] + ["--train_steps=3"] + args[1:], tmp_path)
+    flags_again = [f for f in BINARY_RUN_FLAGS if not f.startswith("--train_steps=")]
+    again = run_module(["-m", "tf_mbalign.train", *flags_again, "--train_steps=3",
+                        f"--model_dir={run_dir}"])
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resumed from" in again.stdout and "step 3 loss=" in again.stdout
+    assert "resumed from" in again.stdout and "step 4 loss=" in again.stdout
     # The resumed session reports against the first session's "before".
     resumed_check = json.loads((run_dir / "alignment_check.json").read_text())
-    assert resumed_check["before"] == check["before"] and resumed_check["after"]["step"] == 3
+    assert resumed_check["before"] == check["before"] and resumed_check["after"]["step"] == 4
 
     # The export reloads in a fresh process, and its Keras file and SavedModel
     # hold the same trained weights, bit for bit (stored values, no arithmetic:

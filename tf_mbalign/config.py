@@ -233,8 +233,11 @@ class TrainConfig:
         return {name: getattr(self, name) for name in names if name in own}
 
     @classmethod
-    def from_flags(cls):
-        values = {f.name: FLAGS[f.name].value for f in dataclasses.fields(cls)}
+    def from_flags(cls, flag_values=None):
+        """The config of parsed flags (`define_flags`' in `flag_values`,
+        absl's global `FLAGS` by default)."""
+        flag_values = flags.FLAGS if flag_values is None else flag_values
+        values = {f.name: flag_values[f.name].value for f in dataclasses.fields(cls)}
         values["languages"] = tuple(values["languages"])
         return cls(**values)
 
@@ -377,25 +380,26 @@ CHOICES = {
 FLAGS = flags.FLAGS
 
 
-def define_flags():
-    """Defines one absl flag per TrainConfig field (the training binary)."""
+def define_flags(flag_values=FLAGS):
+    """Defines one absl flag per TrainConfig field in `flag_values` (the
+    training binary: absl's global `FLAGS`)."""
     for field in dataclasses.fields(TrainConfig):
         name, default, text = field.name, field.default, HELP[field.name]
         by_checkpoint = CHECKPOINT_DEFAULTS.get(name)
         kind = type(by_checkpoint.with_mlm_head) if by_checkpoint else None
+        where = {"flag_values": flag_values}
         if name in CHOICES:
-            flags.DEFINE_enum(name, default, CHOICES[name], text)
+            flags.DEFINE_enum(name, default, CHOICES[name], text, **where)
         elif isinstance(default, bool):
-            flags.DEFINE_boolean(name, default, text)
+            flags.DEFINE_boolean(name, default, text, **where)
         elif isinstance(default, int) or kind is int:
-            flags.DEFINE_integer(name, default, text)
+            flags.DEFINE_integer(name, default, text, **where)
         elif isinstance(default, float) or kind is float:
-            flags.DEFINE_float(name, default, text)
+            flags.DEFINE_float(name, default, text, **where)
         elif isinstance(default, tuple):
-            flags.DEFINE_list(name, list(default), text)
+            flags.DEFINE_list(name, list(default), text, **where)
         else:
-            flags.DEFINE_string(name, default, text)
-
+            flags.DEFINE_string(name, default, text, **where)
 
 
 def grouped_help(usage, flag_values=FLAGS):

@@ -56,7 +56,11 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
+def run_main():
     # --help exits 0, flag errors (a missing --model_dir included) exit 2.
     app.run(main, flags_parser=runtime.flags_parser(
         lambda: __doc__.strip() + "\n\n" + flags.FLAGS.main_module_help()))
+
+
+if __name__ == "__main__":
+    run_main()
