@@ -300,3 +300,25 @@ def test_held_out_pairs_round_trip_through_their_file(tmp_path):
     corpus.held_out.write(str(tmp_path / "held.jsonl"))
     read = held_out.HeldOut.read(str(tmp_path / "held.jsonl"))
     assert read == corpus.held_out and read.fingerprint() == corpus.held_out.fingerprint()
+
+
+@pytest.mark.parametrize("has_mlm_head,pooling", [(False, "mean"), (True, "cls")])
+def test_a_checkpoint_evaluated_as_it_is_embeds_with_its_pooling_by_checkpoint(
+        monkeypatch, has_mlm_head, pooling):
+    """`evaluate --encoder=e5-small` embeds with mean pooling, as training
+    resolves it for a checkpoint without an MLM head (not [CLS])."""
+    import dataclasses
+
+    from tf_mbalign.evaluation import trained_encoders
+    from tf_mbalign.modeling import encoders
+
+    tiny = encoders.load_encoder("tiny:demo", dropout=0.0)
+    pretrained = dataclasses.replace(tiny, pretrained=True,
+                                     mlm_head_weights={"bias": None} if has_mlm_head else None)
+    monkeypatch.setattr(encoders, "load_encoder", lambda spec, dropout=None: pretrained)
+    trained = trained_encoders.load_trained_encoder("some-checkpoint", dropout=0.0)
+    assert (trained.kind, trained.pooling, trained.representation_layer) == (
+        "pretrained", pooling, -1)
+    # A random test encoder keeps the values of a checkpoint with a head.
+    monkeypatch.undo()
+    assert trained_encoders.load_trained_encoder("tiny:demo", dropout=0.0).pooling == "cls"

@@ -60,8 +60,11 @@ _ENCODER = flags.DEFINE_string("encoder", None, "retrieval: export dir, run dir,
 _DATA = flags.DEFINE_string("data", "", "retrieval: dir of XX-en.XX / XX-en.en files "
                             "('' = $TF_MBALIGN_SHARED_DATA/tatoeba).")
 _POOLING = flags.DEFINE_enum("pooling", "", ["", "cls", "mean"],
-                             "Sentence representation ('' = the export's, else cls).")
-_LAYER = flags.DEFINE_integer("layer", None, "Encoder layer (default: the export's, else -1).")
+                             "Sentence representation ('' = the export's or run's, else "
+                             "the checkpoint's: mean without an MLM head, e.g. e5-small; cls "
+                             "with one).")
+_LAYER = flags.DEFINE_integer("layer", None, "Encoder layer (default: the export's or run's, "
+                              "else -1).")
 _MAX_PAIRS = flags.DEFINE_integer("max_pairs", 0, "> 0: first N pairs per language.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "Tokens per sentence.")
 _LANGUAGES = flags.DEFINE_list("languages", [], "Only these languages (default: all found).")

@@ -9,12 +9,13 @@
   checkpoint's encoder;
 - anything `tf_mbalign.modeling.encoders.load_encoder` takes (`e5-small`, a
   Hugging Face BERT directory, `preset:NAME`, `tiny:VOCAB`): the encoder as
-  it is, before alignment.
+  it is, before alignment, with the pooling and layer training resolves for
+  it (mean for e5-small, [CLS] for a checkpoint with an MLM head).
 
 Example:
 ```python
 trained = load_trained_encoder("runs/align/export")
-trained.encoder, trained.tokenizer, trained.pooling  # BertEncoder, tokenizer, "cls"
+trained.encoder, trained.tokenizer, trained.pooling  # BertEncoder, tokenizer, "mean"
 ```
 """
 
@@ -82,8 +83,21 @@ def load_trained_encoder(spec, dropout=None):
             pooling=aligner.pooling, representation_layer=aligner.representation_layer,
         )
     bundle = encoders.load_encoder(spec, dropout=0.1 if dropout is None else dropout)
+    pooling, layer = representation_by_checkpoint(bundle)
     return TrainedEncoder(bundle.encoder, bundle.tokenizer, source=bundle.source,
-                          kind="pretrained")
+                          kind="pretrained", pooling=pooling, representation_layer=layer)
+
+
+def representation_by_checkpoint(bundle):
+    """(pooling, layer) a checkpoint embeds sentences with when nothing sets
+    them: what training resolves for it (`config.CHECKPOINT_DEFAULTS`: mean
+    for a sentence encoder without an MLM head such as e5-small, [CLS] for
+    one with a head)."""
+    from tf_mbalign.config import CHECKPOINT_DEFAULTS, checkpoint_kind
+
+    kind = checkpoint_kind(bundle)
+    return (CHECKPOINT_DEFAULTS["pooling"].for_kind(kind)[0],
+            CHECKPOINT_DEFAULTS["representation_layer"].for_kind(kind)[0])
 
 
 def _with_dropout(encoder, dropout):
