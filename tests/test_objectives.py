@@ -326,3 +326,29 @@ def test_configs_parse_to_valid_settings(flagfile):
         assert values["head_warmup_steps"] == 50 and values["queue_size"] == 4096
         # The paper's two objectives, shown at work.
         assert (values["tlm_weight"], values["contrastive_negatives"]) == (1.0, "queue")
+
+
+def test_add_languages_config_is_the_grid_row_it_names():
+    """configs/add_languages.flags trains as the add-a-language grid's chosen
+    row did (its flags.json, committed with the row), apart from where the run
+    goes and how often it checkpoints; a value changed in either fails here."""
+    from absl import flags
+
+    from conftest import REPO_ROOT
+
+    with open(os.path.join(REPO_ROOT, "docs", "results", "lowres_choose", "grid.json"),
+              encoding="utf-8") as f:
+        chosen = json.load(f)["chosen"]
+    with open(os.path.join(REPO_ROOT, "docs", "results", "lowres_choose", chosen, "training",
+                           "flags.json"), encoding="utf-8") as f:
+        row = json.load(f)
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["x", f"--flagfile={os.path.join(REPO_ROOT, 'configs', 'add_languages.flags')}"])
+    parsed = config_lib.TrainConfig.from_flags(flag_values)
+    resolved, _ = parsed.with_checkpoint_defaults(config_lib.WITHOUT_MLM_HEAD)
+    values = json.loads(resolved.to_json())
+    where = {"model_dir", "checkpoint_every", "checkpoint_default_sources"}
+    differ = {name: (values.get(name), row[name]) for name in row
+              if name not in where and values.get(name) != row[name]}
+    assert not differ, f"add_languages.flags vs the grid row {chosen!r}: {differ}"
