@@ -80,6 +80,8 @@ def _flippable_rows(comparison):
 MIRRORED_VARIANTS = ("queue", "anchor")
 
 
+# Its tests carry xdist_group("mirrored"): one worker builds it once (with -n 2 each
+# worker would build its own).
 @pytest.fixture(scope="module")
 def mirrored_reports(tmp_path_factory):
     """distributed_checks.py's report of each variant, from one process
@@ -96,6 +98,7 @@ def mirrored_reports(tmp_path_factory):
 @pytest.mark.numerics
 @pytest.mark.distributed
 @pytest.mark.parametrize("variant", MIRRORED_VARIANTS)
+@pytest.mark.xdist_group("mirrored")
 def test_mirrored_step_equals_single_device_step(mirrored_reports, variant):
     """MoCo's queue; and in-batch negatives gathered over replicas with their
     gradient (with tlm_weight 0.5 and a pair id shared across replicas) with
