@@ -53,8 +53,6 @@ def _tiny_bundle(kind, tmp_path):
     return encoders.EncoderBundle(encoder, tokenizer, source="test-spm")
 
 
-# Its tests carry xdist_group("tiny_exports"): one worker builds it once (with -n 2 each
-# worker would build its own).
 @pytest.fixture(scope="module", params=["wordpiece", "sentencepiece"])
 def exported(request, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp(request.param)
@@ -157,7 +155,6 @@ def _assert_round_trip_close(exported, reference, keys):
 
 # tolerance: see ROUND_TRIP_RTOL: ~100 ulps of the compared magnitude.
 @pytest.mark.numerics
-@pytest.mark.xdist_group("tiny_exports")
 def test_fresh_process_reproduces_the_in_memory_model(exported):
     bundle, aligner, paths, tmp_path = exported
     report, exported_outputs, reference = _fresh_process_round_trip(bundle, aligner, paths,
@@ -191,7 +188,6 @@ def _saved_model_ops(path):
     return ops
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_saved_model_cli_lists_signatures_and_no_file_reading_ops(exported):
     _, _, paths, _ = exported
     serving = _cli("--dir", paths["serving"], "--all")
@@ -212,7 +208,6 @@ def test_saved_model_cli_lists_signatures_and_no_file_reading_ops(exported):
         assert not ops & FORBIDDEN_OPS, ops & FORBIDDEN_OPS
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_preprocessor_matches_training_packing_token_for_token(exported, shared_data):
     bundle, _, paths, _ = exported
     tok = bundle.tokenizer
@@ -244,7 +239,6 @@ def test_preprocessor_matches_training_packing_token_for_token(exported, shared_
             assert single["input_word_ids"][i].numpy()[:n].tolist() == expected.tolist()
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_bad_requests_raise_clear_errors(exported):
     bundle, _, paths, _ = exported
     server = tf.saved_model.load(paths["serving"]).signatures
@@ -274,7 +268,6 @@ def test_bad_requests_raise_clear_errors(exported):
     assert np.isfinite(out.numpy()).all()
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_exported_encoder_fine_tunes_from_keras(exported):
     import keras
 
@@ -306,7 +299,6 @@ def test_exported_encoder_fine_tunes_from_keras(exported):
         assert np.max(np.abs(layer(x)["pooled_output"].numpy() - before_out)) > 1e-4
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_tensorflow_hub_load(exported):
     hub = pytest.importorskip("tensorflow_hub")
     _, _, paths, _ = exported
@@ -317,7 +309,6 @@ def test_tensorflow_hub_load(exported):
     assert out["sequence_output"].shape[:2] == (1, 3)
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_keras_file_has_no_lambda_and_loads_in_safe_mode(exported):
     _, _, paths, _ = exported
     import zipfile
@@ -398,7 +389,6 @@ def test_embedded_e5_export_round_trip(tmp_path):
                              ("sequence", "pooled", "mlm", "embeddings", "embeddings_ids"))
 
 
-@pytest.mark.xdist_group("tiny_exports")
 def test_encoder_export_stores_each_variable_once(exported):
     bundle, _, paths, _ = exported
     saved = tf.train.list_variables(os.path.join(paths["encoder"], "variables", "variables"))

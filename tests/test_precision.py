@@ -234,8 +234,6 @@ def _train(step, batches):
     return results, run.get_concrete_function(batches[0]).graph
 
 
-# Its tests carry xdist_group("precision_runs"): one worker builds it once (with -n 2 each
-# worker would build its own).
 @pytest.fixture(scope="module")
 def float32_and_mixed_runs():
     """A float32 and a mixed-bf16 tiny alignment from the same start, the
@@ -253,7 +251,6 @@ def float32_and_mixed_runs():
 # tolerance: bf16 vs float32 steps: see LOSS_RTOL / LOSS_ATOL (bf16 has 8 bits of mantissa).
 @pytest.mark.numerics
 @pytest.mark.bfloat16
-@pytest.mark.xdist_group("precision_runs")
 def test_mixed_bfloat16_steps_stay_finite_and_close_to_float32(float32_and_mixed_runs):
     import numpy as np
 
@@ -283,7 +280,6 @@ def _op_dtypes(graph, op_types):
     return found
 
 
-@pytest.mark.xdist_group("precision_runs")
 def test_numerically_sensitive_parts_stay_float32_in_mixed_runs(float32_and_mixed_runs):
     _, graph, step, _ = float32_and_mixed_runs["mixed_bfloat16"]
     aligner = step.aligner
@@ -362,7 +358,6 @@ def _saved_dtypes(path):
 # tolerance: a float32 export vs the float32 reference maths: rtol 1e-5 + atol 1e-6 of unit vectors.
 @pytest.mark.numerics
 @pytest.mark.bfloat16
-@pytest.mark.xdist_group("precision_runs")
 def test_export_of_a_mixed_bfloat16_model_is_float32_unless_asked(float32_and_mixed_runs,
                                                                    tmp_path):
     import numpy as np
@@ -393,7 +388,6 @@ def test_export_of_a_mixed_bfloat16_model_is_float32_unless_asked(float32_and_mi
 # tolerance: a bf16 export vs float32: bounded by bf16's 2^-8 relative rounding.
 @pytest.mark.numerics
 @pytest.mark.bfloat16
-@pytest.mark.xdist_group("precision_runs")
 def test_bfloat16_export_on_request(float32_and_mixed_runs, tmp_path):
     """bf16 weights and matmuls, float32 embeddings out, close to float32's
     (the serving model alone: `export_encoder(precision=...)` exports the

@@ -414,8 +414,6 @@ def test_keras_hub_xlm_roberta_preset_saved_locally(tmp_path, spm_model):
 # --- train, export, serve ------------------------------------------------------------------
 
 
-# Its tests carry xdist_group("xlm_roberta_run"): one worker builds it once (with -n 2 each
-# worker would build its own).
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, spm_model):
     """An XLM-R directory trained 3 steps by the trainer, exported at its end."""
@@ -450,7 +448,6 @@ SENTENCES = ["The cat sat on the mat.", "Le chat est assis.", "Кошка сид
 
 # tolerance: exports vs the in-memory model: O(1) values, 1e-5 ~100 ulps (atol 1e-6 for unit embeddings).
 @pytest.mark.numerics
-@pytest.mark.xdist_group("xlm_roberta_run")
 def test_xlm_roberta_trains_exports_and_the_export_reproduces_it(trained_run):
     import tensorflow as tf
 
@@ -565,7 +562,6 @@ def _saved_model_cli(model_dir, signature, inputs, outdir, with_tensorflow_text=
 
 # tolerance: the serving SavedModel vs the in-memory model: unit embeddings, rtol 1e-5 + atol 1e-7.
 @pytest.mark.numerics
-@pytest.mark.xdist_group("xlm_roberta_run")
 def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
     import tensorflow as tf
 
@@ -606,7 +602,6 @@ def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
 
 # tolerance: the serving SavedModel vs the in-memory model: unit embeddings, rtol 1e-5 + atol 1e-7.
 @pytest.mark.numerics
-@pytest.mark.xdist_group("xlm_roberta_run")
 def test_strings_serving_model_runs_in_a_session_loader_with_tf_text(trained_run, tmp_path):
     """With TF Text's ops registered, a session-based loader (TF Serving's kind)
     restores the strings model's variables (Keras 3 variables once exported a
