@@ -63,23 +63,16 @@ def export_serving(bundle, export_dir, seq_length, pooling="cls", layer=-1,
     """Exports the encoder computing under `precision`; returns the paths and
     the loaded TF Serving model's `serving_default`.
 
-    serving_only: write only the TF Serving model (the same object
-    `export_encoder` saves under serving/, of the same `models_at_precision`
-    copy), skipping the encoder, preprocessor and Keras exports (tests use it
-    to save time)."""
-    from tf_mbalign.export import encoder_export, serving
+    serving_only: write only the TF Serving model (`export_encoder`'s
+    `parts=("serving",)`), skipping the other exports (tests use it to save
+    time)."""
+    from tf_mbalign.export import encoder_export
 
-    if serving_only:
-        encoder, _ = encoder_export.models_at_precision(bundle.encoder, None, precision)
-        paths = {"serving": os.path.join(export_dir, "serving", "tf_mbalign", "1")}
-        server = serving.SentenceEmbeddingServer(encoder, bundle.tokenizer, pooling, layer,
-                                                 seq_length)
-        tf.saved_model.save(server, paths["serving"], signatures=server.signatures())
-    else:
-        paths = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, export_dir,
-                                              pooling=pooling, representation_layer=layer,
-                                              seq_length=seq_length, source="benchmark",
-                                              precision=precision)
+    parts = ("serving",) if serving_only else encoder_export.EXPORT_PATH_KEYS
+    paths = encoder_export.export_encoder(bundle.encoder, bundle.tokenizer, export_dir,
+                                          pooling=pooling, representation_layer=layer,
+                                          seq_length=seq_length, source="benchmark",
+                                          precision=precision, parts=parts)
     return paths, tf.saved_model.load(paths["serving"]).signatures["serving_default"]
 
 

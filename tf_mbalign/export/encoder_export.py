@@ -37,6 +37,10 @@ from tf_mbalign.modeling.bert_encoder import encoder_at_precision
 from tf_mbalign.modeling.mlm_head import tied_head_like
 
 
+# Every export, in the order written.
+EXPORT_PATH_KEYS = ("encoder", "preprocessor", "keras", "serving", "serving_ids")
+
+
 def _save(obj, path):
     tf.saved_model.save(obj, path, signatures=obj.signatures())
 
@@ -60,35 +64,45 @@ def next_serving_version(serving_root):
 
 def export_encoder(encoder, tokenizer, export_dir, mlm_head=None, pooling="cls",
                    representation_layer=-1, seq_length=128, serving_name="tf_mbalign",
-                   source="", precision="float32"):
-    """Writes all exports; returns a dict of their paths (`export_dir` joined
-    with the relative paths that `export_info.json` records).
+                   source="", precision="float32", parts=EXPORT_PATH_KEYS):
+    """Writes the exports named in `parts` (default: all of `EXPORT_PATH_KEYS`);
+    returns a dict of their paths (`export_dir` joined with the relative paths
+    that `export_info.json` records, which names only the parts written).
 
     `precision`: the Keras policy every export computes under, whatever the
     policy `encoder` trained under: `float32` (default; a mixed-bf16-trained
     encoder's float32 weights exported as they are), `mixed_bfloat16` (float32
     weights, bf16 matmuls) or `bfloat16` (weights stored in bf16 too). Outputs
     are float32 in every case."""
+    unknown = sorted(set(parts) - set(EXPORT_PATH_KEYS))
+    if unknown or not parts:
+        raise ValueError(f"export parts must be a non-empty subset of {EXPORT_PATH_KEYS}, "
+                         f"got {tuple(parts)!r}")
     encoder, mlm_head = models_at_precision(encoder, mlm_head, precision)
-    relative = {"encoder": "encoder", "preprocessor": "preprocessor", "keras": "keras"}
-    paths = {key: os.path.join(export_dir, value) for key, value in relative.items()}
-    replace_directory_atomic(paths["encoder"], lambda p: _save(HubEncoder(encoder, mlm_head), p))
-    replace_directory_atomic(paths["preprocessor"], lambda p: _save(Preprocessor(tokenizer, seq_length), p))
-    replace_directory_atomic(paths["keras"], lambda p: _keras_assets(encoder, tokenizer, p, seq_length))
     # One version number for both serving models, so N of one matches N of the other.
     ids_name = f"{serving_name}_ids"
     version = max(next_serving_version(os.path.join(export_dir, "serving", name))
                   for name in (serving_name, ids_name))
-    relative["serving"] = os.path.join("serving", serving_name, str(version))
-    relative["serving_ids"] = os.path.join("serving", ids_name, str(version))
-    for key in ("serving", "serving_ids"):
-        paths[key] = os.path.join(export_dir, relative[key])
-    server = SentenceEmbeddingServer(encoder, tokenizer, pooling, representation_layer, seq_length)
-    replace_directory_atomic(paths["serving"], lambda p: _save(server, p))
-    ids_server = TokenIdsEmbeddingServer(encoder, pooling, representation_layer)
-    replace_directory_atomic(paths["serving_ids"], lambda p: _save(ids_server, p))
+    relative = {"encoder": "encoder", "preprocessor": "preprocessor", "keras": "keras",
+                "serving": os.path.join("serving", serving_name, str(version)),
+                "serving_ids": os.path.join("serving", ids_name, str(version))}
+    relative = {key: value for key, value in relative.items() if key in parts}
+    paths = {key: os.path.join(export_dir, value) for key, value in relative.items()}
+    writers = {
+        "encoder": lambda p: _save(HubEncoder(encoder, mlm_head), p),
+        "preprocessor": lambda p: _save(Preprocessor(tokenizer, seq_length), p),
+        "keras": lambda p: _keras_assets(encoder, tokenizer, p, seq_length),
+        "serving": lambda p: _save(SentenceEmbeddingServer(
+            encoder, tokenizer, pooling, representation_layer, seq_length), p),
+        "serving_ids": lambda p: _save(TokenIdsEmbeddingServer(
+            encoder, pooling, representation_layer), p),
+    }
+    for key in paths:
+        replace_directory_atomic(paths[key], writers[key])
     info = dict(relative, source=source, pooling=pooling, representation_layer=representation_layer,
-                seq_length=seq_length, serving_version=version, precision=precision)
+                seq_length=seq_length, precision=precision)
+    if "serving" in paths or "serving_ids" in paths:
+        info["serving_version"] = version
     write_json_atomic(os.path.join(export_dir, "export_info.json"), info, indent=2)
     return paths
 
@@ -103,9 +117,6 @@ def models_at_precision(encoder, mlm_head, precision):
     if mlm_head is not None:
         mlm_head = tied_head_like(mlm_head, exported.token_embedding, precision)
     return exported, mlm_head
-
-
-EXPORT_PATH_KEYS = ("encoder", "preprocessor", "keras", "serving", "serving_ids")
 
 
 def read_export_info(export_dir):
