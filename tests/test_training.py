@@ -80,9 +80,10 @@ def _flippable_rows(comparison):
 MIRRORED_VARIANTS = ("queue", "anchor")
 
 
-# Its tests carry xdist_group("mirrored"): one worker builds it once (with -n 2 each
-# worker would build its own).
-@pytest.fixture(scope="module")
+# Its tests carry xdist_group("mirrored"): one worker builds it (with -n 2 each
+# worker would build its own). Session scope: a module fixture was built again
+# when that worker ran another module's test between the two variants.
+@pytest.fixture(scope="session")
 def mirrored_reports(tmp_path_factory):
     """distributed_checks.py's report of each variant, from one process
     (TensorFlow and the 2 logical devices start once)."""

@@ -133,7 +133,7 @@ def vocabulary_size_of(spm_model):
     return spm.SentencePieceProcessor(model_proto=spm_model).get_piece_size() + 2  # <pad>, <mask>
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: `trained_run` (session) uses it
 def spm_model():
     return xlm_roberta_sentencepiece_model()
 
@@ -414,7 +414,13 @@ def test_keras_hub_xlm_roberta_preset_saved_locally(tmp_path, spm_model):
 # --- train, export, serve ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+# Session scope and one xdist_group for its tests: a module fixture was built
+# again when its worker ran another module's test between two of them
+# (BUILD_NOTES.md, "Test time"); a session one lives until the worker ends.
+TRAINED_RUN_GROUP = pytest.mark.xdist_group("xlmr_trained_run")
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, spm_model):
     """An XLM-R directory trained 3 steps by the trainer, exported at its end."""
     from conftest import tiny_train_config
@@ -448,6 +454,7 @@ SENTENCES = ["The cat sat on the mat.", "Le chat est assis.", "Кошка сид
 
 # tolerance: exports vs the in-memory model: O(1) values, 1e-5 ~100 ulps (atol 1e-6 for unit embeddings).
 @pytest.mark.numerics
+@TRAINED_RUN_GROUP
 def test_xlm_roberta_trains_exports_and_the_export_reproduces_it(trained_run):
     import tensorflow as tf
 
@@ -562,6 +569,7 @@ def _saved_model_cli(model_dir, signature, inputs, outdir, with_tensorflow_text=
 
 # tolerance: the serving SavedModel vs the in-memory model: unit embeddings, rtol 1e-5 + atol 1e-7.
 @pytest.mark.numerics
+@TRAINED_RUN_GROUP
 def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
     import tensorflow as tf
 
@@ -602,6 +610,7 @@ def test_core_ops_serving_model_runs_in_stock_tensorflow(trained_run, tmp_path):
 
 # tolerance: the serving SavedModel vs the in-memory model: unit embeddings, rtol 1e-5 + atol 1e-7.
 @pytest.mark.numerics
+@TRAINED_RUN_GROUP
 def test_strings_serving_model_runs_in_a_session_loader_with_tf_text(trained_run, tmp_path):
     """With TF Text's ops registered, a session-based loader (TF Serving's kind)
     restores the strings model's variables (Keras 3 variables once exported a
