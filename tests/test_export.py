@@ -391,12 +391,13 @@ def _e5_round_trip_export_dir(tmp_path, mlm_head):
     return export_dir, f"e5-small round-trip test, MLM head {digest}"
 
 
-def _written_for(export_dir, source):
-    """Is `export_dir` a finished export (export_info.json is written last)
-    tagged `source`?"""
+def _earlier_export(export_dir, source):
+    """`export_dir`'s export_info (paths resolved) if it holds a finished
+    export (export_info.json is written last) tagged `source`, else None."""
     if not os.path.exists(os.path.join(export_dir, "export_info.json")):
-        return False
-    return encoder_export.read_export_info(export_dir).get("source") == source
+        return None
+    info = encoder_export.read_export_info(export_dir)
+    return info if info.get("source") == source else None
 
 
 # tolerance: see ROUND_TRIP_RTOL: ~100 ulps of the compared magnitude.
@@ -418,9 +419,9 @@ def test_embedded_e5_export_round_trip(tmp_path):
     aligner = Aligner(bundle.encoder, contrastive_negatives="in_batch")
     export_dir, source = _e5_round_trip_export_dir(tmp_path, aligner.mlm_head)
     parts = ("preprocessor", "encoder", "serving")
-    if _written_for(export_dir, source):
-        info = encoder_export.read_export_info(export_dir)
-        paths = {part: info[part] for part in parts}
+    earlier = _earlier_export(export_dir, source)
+    if earlier is not None:
+        paths = {part: earlier[part] for part in parts}
         print("e5 export round trip: the exports of an earlier pass, reused")
     else:
         shutil.rmtree(export_dir, ignore_errors=True)  # none, or for other head weights

@@ -224,7 +224,10 @@ BINARY_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
+# Session scope, like every fixture an xdist_group shares (BUILD_NOTES.md,
+# "Tests on 2 processes"): its worker may run another module's test between two
+# of the group's, which would tear a module fixture down and build it again.
+@pytest.fixture(scope="session")
 def binary_cases(tmp_path_factory):
     """{case: (its directory, {"exit_code", "stdout", "stderr"})} of every
     `BINARY_CASES` entry, run in one process."""
