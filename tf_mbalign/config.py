@@ -108,6 +108,7 @@ class TrainConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.01
     max_gradient_norm: float = 1.0
+    train_token_embeddings: bool = True
     queue_size: int = None  # by checkpoint
     momentum: float = None  # by checkpoint
     temperature: float = None  # by checkpoint
@@ -292,6 +293,12 @@ HELP = {
     "warmup_steps": "Linear learning-rate warm-up steps.",
     "weight_decay": "AdamW weight decay (not on biases / layer norms).",
     "max_gradient_norm": "Clip the global gradient norm (0 = off).",
+    "train_token_embeddings": "Train the token-embedding table (true, the paper's). false: the "
+                              "table stays as loaded (no gradient, no AdamW moments or decay, no "
+                              "EMA copy to update, no optimizer slots in the checkpoints); most "
+                              "of a multilingual encoder's parameters are this table (e5-small: "
+                              "96M of 118M), and a batch looks up a few thousand of its rows. "
+                              "A run resumes only with the value it started with.",
     "queue_size": "MoCo queue size K (>= global batch; --contrastive_negatives=queue).",
     "momentum": "MoCo key-encoder EMA momentum m (--contrastive_negatives=queue).",
     "temperature": "InfoNCE temperature T.",
@@ -362,7 +369,8 @@ TOPICS = {
         "contrastive_negatives", "queue_size", "momentum", "temperature", "shuffle_inputs",
         "anchor_weight", "anchor_loss"],
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
-                  "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm"],
+                  "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm",
+                  "train_token_embeddings"],
     "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
                                 "export_precision", "seed", "quiet", "steps_per_loop",
                                 "retrieval_data", "retrieval_every", "retrieval_pairs",

@@ -81,6 +81,11 @@ class Aligner(keras.Model):
         anchor_loss: `"mse"` (mean squared error of the representations
             before normalization, Reimers & Gurevych 2020) or `"cosine"`
             (1 - cosine similarity).
+        train_token_embeddings: bool. False freezes `encoder`'s token table
+            (`token_embedding.trainable = False`): it gets no gradient, no
+            optimizer state and no weight decay, and the key encoder's copy
+            is not updated (it equals the table and neither changes). The
+            tied MLM decoder then decodes with the frozen table.
 
     Example:
     ```python
@@ -116,6 +121,7 @@ class Aligner(keras.Model):
         mlm_head=None,
         anchor_weight=0.0,
         anchor_loss="mse",
+        train_token_embeddings=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -126,6 +132,8 @@ class Aligner(keras.Model):
             raise ValueError(f"anchor_loss={anchor_loss!r} is not one of {ANCHOR_LOSSES}")
         uses_queue = contrastive_negatives == "queue"
         # === Layers ===
+        if not train_token_embeddings:
+            encoder.token_embedding.trainable = False
         self.encoder = encoder
         # The momentum branch exists only for MoCo's queue.
         self.key_encoder = clone_encoder(encoder, name="key_encoder") if uses_queue else None
@@ -170,6 +178,7 @@ class Aligner(keras.Model):
         self.projection_dim = projection_dim
         self.anchor_weight = anchor_weight
         self.anchor_loss = anchor_loss
+        self.train_token_embeddings = train_token_embeddings
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -490,9 +499,13 @@ class Aligner(keras.Model):
                                            training=False, momentum_branch=True))
 
     def momentum_variables(self):
+        """(key, query) variable pairs the EMA updates. A frozen query
+        variable (the token table with `train_token_embeddings=False`) is
+        left out: its key copy starts equal to it and neither changes."""
         if self.key_encoder is None:
             return []
-        pairs = list(zip(self.key_encoder.weights, self.encoder.weights))
+        pairs = [(key, query) for key, query in zip(self.key_encoder.weights, self.encoder.weights)
+                 if query.trainable]
         if self.projection is not None:
             pairs += list(zip(self.key_projection.weights, self.projection.weights))
         return pairs
@@ -562,6 +575,7 @@ class Aligner(keras.Model):
             "projection_dim": self.projection_dim,
             "anchor_weight": self.anchor_weight,
             "anchor_loss": self.anchor_loss,
+            "train_token_embeddings": self.train_token_embeddings,
             "name": self.name,
         }
 

@@ -15,6 +15,7 @@ pretrained encoder.
 from its checkpoints (the export binary and evaluation use it).
 """
 
+import json
 import os
 import sys
 
@@ -26,6 +27,10 @@ from tf_mbalign.training import checkpointing
 from tf_mbalign.training.alignment_step import build_aligner
 
 CHECKPOINT_FOLDER = "checkpoints"
+# Flags that change which variables a checkpoint holds (a frozen token table
+# has no optimizer slots), with the value of a flags.json written before the
+# flag existed. A run resumes only with the values it started with.
+CHECKPOINT_SHAPING_FLAGS = {"train_token_embeddings": True}
 
 
 def warn_to_stderr(message):
@@ -109,6 +114,27 @@ class RunState:
             return "none yet (nothing was saved)"
         return (f"{self.directory}/ckpt-{self.last_saved_step} "
                 f"(step {self.last_saved_step})")
+
+
+def check_resume_flags(config):
+    """Raises `checkpointing.CheckpointError` when `config.model_dir` holds
+    checkpoints of a run whose flags.json set a `CHECKPOINT_SHAPING_FLAGS`
+    flag otherwise than `config` (its optimizer state would not fit)."""
+    flags_path = os.path.join(config.model_dir, "flags.json")
+    directory = os.path.join(config.model_dir, CHECKPOINT_FOLDER)
+    if not (os.path.isfile(flags_path) and os.path.isdir(directory) and os.listdir(directory)):
+        return
+    with open(flags_path, encoding="utf-8") as f:
+        previous = json.load(f)
+    for name, missing_value in CHECKPOINT_SHAPING_FLAGS.items():
+        before, now = previous.get(name, missing_value), getattr(config, name)
+        if before != now:
+            raise checkpointing.CheckpointError(
+                f"{flags_path}: the checkpoints in {directory} were trained with "
+                f"--{name}={str(before).lower()}, and this run asks for "
+                f"--{name}={str(now).lower()}, which changes the variables a checkpoint "
+                f"holds. Resume with --{name}={str(before).lower()}, or start a new run "
+                "with another --model_dir.")
 
 
 def restore_trained_aligner(config, warn=warn_to_stderr):

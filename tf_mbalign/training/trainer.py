@@ -49,7 +49,7 @@ from tf_mbalign.training.fault_injection import FaultInjection
 from tf_mbalign.training.head_warmup import measure_head_warmup
 from tf_mbalign.training.metrics_sinks import MetricsSinks, chief_sinks
 from tf_mbalign.training.preemption import PreemptionWatcher
-from tf_mbalign.training.run_state import RunState, warn_to_stderr
+from tf_mbalign.training.run_state import RunState, check_resume_flags, warn_to_stderr
 from tf_mbalign.training.step_loop import StepLoop
 
 
@@ -117,6 +117,7 @@ class AlignmentRun:
 
     def restore(self):
         """Restores the newest intact checkpoint; returns its path or None."""
+        check_resume_flags(self.config)
         return self.state.restore()
 
     # === The run ===
