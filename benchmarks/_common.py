@@ -23,6 +23,9 @@ feed-forward width, V vocabulary, d key width (= h)):
                                                  2 t^2 h each, per layer)
     F_tlm  = enc(B S, S)                         TLM forward (query encoder)
     F_head = 2 B P (h^2 + h V)                   MLM head, masked slots only
+                                                 (sampled TLM negatives: V is
+                                                 min(V, B P + k), the most
+                                                 candidates k negatives give)
     F_q    = enc(B s, s)                         query sentence forward
     F_k    = enc(B s, s)                         key sentence forward (EMA
                                                  encoder, no backward)
@@ -141,11 +144,14 @@ QUICK_SETTINGS = StepSettings(batch=4, seq_length=32, sentence_length=16, predic
                               queue_size=256)
 
 
-def step_flops(shape, settings):
-    """Model FLOPs of one alignment step (see the module docstring)."""
+def step_flops(shape, settings, tlm_sampled_negatives=0):
+    """Model FLOPs of one alignment step (see the module docstring); with
+    `tlm_sampled_negatives` the decoder's rows are at most the candidates."""
     B, S, s, P, K = (settings.batch, settings.seq_length, settings.sentence_length,
                      settings.predictions, settings.queue_size)
     L, h, V = shape.num_layers, shape.hidden_dim, shape.vocabulary_size
+    if tlm_sampled_negatives:
+        V = min(V, B * P + tlm_sampled_negatives)
     N = shape.matmul_weights_per_token
 
     def enc(n, t):
@@ -248,7 +254,7 @@ class OurStep:
     """
 
     def __init__(self, shape, settings, batches, precision="float32", dropout=0.1,
-                 momentum=0.999, seed=0):
+                 momentum=0.999, seed=0, tlm_sampled_negatives=0):
         from tf_mbalign import distribute
         from tf_mbalign.config import TrainConfig
         from tf_mbalign.modeling.encoders import EncoderBundle
@@ -264,7 +270,7 @@ class OurStep:
             max_seq_length=settings.seq_length, max_sentence_length=settings.sentence_length,
             max_predictions_per_seq=settings.predictions, queue_size=settings.queue_size,
             momentum=momentum, learning_rate=1e-5, warmup_steps=0, train_steps=10**9,
-            dropout=dropout, precision=precision,
+            dropout=dropout, precision=precision, tlm_sampled_negatives=tlm_sampled_negatives,
         )
         try:
             encoder = build_random_encoder(shape, dropout)

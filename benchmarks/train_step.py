@@ -32,6 +32,7 @@ Usage (from the repository root):
   python benchmarks/train_step.py --json results/train_step.json
   python benchmarks/train_step.py --shapes e5-small --pairs 7
   python benchmarks/train_step.py --quick          # tiny config, < 1 minute
+  python benchmarks/train_step.py --shapes e5-small --no_torch --tlm_sampled_negatives 4096
   python benchmarks/train_step.py --shapes e5-small --precisions mixed_bfloat16 --xla off \
       --no_torch --pairs 1 --profile_dir results/profile_bf16
   python benchmarks/profile_summary.py results/profile_bf16
@@ -68,13 +69,16 @@ def _steps_per_timing(seconds_per_step, target_seconds):
 
 
 def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_seconds,
-                  with_torch, peaks, min_fill=1.0, log=print, on_row=None, profile=None):
+                  with_torch, peaks, min_fill=1.0, log=print, on_row=None, profile=None,
+                  tlm_sampled_negatives=0):
     """Rows of results for one model shape (one per precision x XLA mode);
     `on_row(row)` is called as each row is finished. `profile`: (directory,
-    steps) to trace each row's step with the TensorFlow profiler."""
+    steps) to trace each row's step with the TensorFlow profiler.
+    `tlm_sampled_negatives`: ours computes TLM over the batch's targets and
+    that many sampled ids (the reference stays exact)."""
     shape = common.get_shape(shape_name)
     batches = common.synthetic_batches(shape, settings, min_fill=min_fill)
-    flops = common.step_flops(shape, settings)
+    flops = common.step_flops(shape, settings, tlm_sampled_negatives)
     torch_ref, torch_note = _torch() if with_torch else (None, "PyTorch reference not requested")
     reference = None
     if torch_ref is not None:
@@ -82,7 +86,8 @@ def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_sec
     rows = []
     for precision in precisions:
         log(f"[{shape_name}] building ours ({precision}) ...")
-        ours = common.OurStep(shape, settings, batches, precision=precision)
+        ours = common.OurStep(shape, settings, batches, precision=precision,
+                              tlm_sampled_negatives=tlm_sampled_negatives)
         if reference is not None:
             reference.autocast_dtype = None
             if precision == "mixed_bfloat16":
@@ -95,6 +100,7 @@ def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_sec
             row = compare(ours, reference, shape_name, settings, flops, peak, jit, pairs,
                           target_seconds, log)
             row["min_fill"] = min_fill
+            row["tlm_sampled_negatives"] = tlm_sampled_negatives
             if profile is not None and "error" not in row:
                 row["profile_dir"] = profile_steps(ours, jit, *profile, log=log)
             if reference is None:
@@ -264,6 +270,10 @@ def main(argv=None):
                         help="trace each row's step with the TensorFlow profiler here "
                              "(summarize with benchmarks/profile_summary.py)")
     parser.add_argument("--profile_steps", type=int, default=3)
+    parser.add_argument("--tlm_sampled_negatives", type=int, default=0,
+                        help="ours: TLM's softmax over the batch's targets and K sampled ids "
+                             "(the training flag of that name; FLOPs count those rows). The "
+                             "PyTorch reference stays exact. Default 0: exact")
     args = parser.parse_args(argv)
 
     shapes = [s for s in args.shapes.split(",") if s]
@@ -314,7 +324,7 @@ def main(argv=None):
         measure_shape(name, settings, precisions, xla_modes, args.pairs, args.target_seconds,
                       not args.no_torch, peaks, args.min_fill, on_row=save_so_far,
                       profile=(args.profile_dir, args.profile_steps) if args.profile_dir
-                      else None)
+                      else None, tlm_sampled_negatives=args.tlm_sampled_negatives)
 
     print("\nsummary (median step time; ratio = median of per-pair ours/torch):")
     table = [dict(r, lengths=f"{r['seq_length']}/{r['sentence_length']}",

@@ -37,12 +37,13 @@ def _first_layer_kernel(encoder):
                 and w.path.endswith("kernel"))
 
 
-@pytest.mark.parametrize("negatives", ["queue", "in_batch"])
-def test_a_frozen_table_is_not_trained_decayed_or_checkpointed_with_moments(tmp_path,
-                                                                            negatives):
-    trained = _quiet_run(tmp_path / "trained", contrastive_negatives=negatives)
-    frozen = _quiet_run(tmp_path / "frozen", contrastive_negatives=negatives,
-                        train_token_embeddings=False)
+@pytest.mark.parametrize("negatives,tlm_sampled_negatives",
+                         [("queue", 0), ("in_batch", 0), ("in_batch", 16)])
+def test_a_frozen_table_is_not_trained_decayed_or_checkpointed_with_moments(
+        tmp_path, negatives, tlm_sampled_negatives):
+    settings = dict(contrastive_negatives=negatives, tlm_sampled_negatives=tlm_sampled_negatives)
+    trained = _quiet_run(tmp_path / "trained", **settings)
+    frozen = _quiet_run(tmp_path / "frozen", train_token_embeddings=False, **settings)
     table_before = _table(frozen).numpy()
     kernel_before = _first_layer_kernel(frozen.aligner.encoder).numpy()
     trained_table_before = _table(trained).numpy()

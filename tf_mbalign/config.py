@@ -117,6 +117,7 @@ class TrainConfig:
     contrastive_negatives: str = None  # by checkpoint
     anchor_weight: float = 0.0
     anchor_loss: str = "mse"
+    tlm_sampled_negatives: int = 0
     representation_layer: int = None  # by checkpoint
     pooling: str = None  # by checkpoint
     projection_dim: int = 0
@@ -185,6 +186,12 @@ class TrainConfig:
         elif self.tlm_weight == 0 and self.contrastive_weight == 0 and self.anchor_weight == 0:
             problems.append("--tlm_weight=0, --contrastive_weight=0 and --anchor_weight=0 "
                             "leave nothing to train; set one of them > 0")
+        if self.tlm_sampled_negatives < 0:
+            problems.append(f"--tlm_sampled_negatives={self.tlm_sampled_negatives} must be "
+                            ">= 0 (0 = exact softmax over the whole vocabulary)")
+        elif self.tlm_weight == 0 and self.tlm_sampled_negatives:
+            problems.append(f"--tlm_sampled_negatives={self.tlm_sampled_negatives} samples "
+                            "TLM's softmax, which --tlm_weight=0 switches off; drop one of them")
         if self.tlm_weight == 0 and self.head_warmup_steps:
             problems.append(f"--head_warmup_steps={self.head_warmup_steps} trains the MLM head "
                             "for TLM, which --tlm_weight=0 switches off; drop one of them")
@@ -306,6 +313,14 @@ HELP = {
                           "(nothing of it is computed).",
     "tlm_weight": "Weight of the TLM (word-level) loss; 0 = contrastive only (the MLM head "
                   "is not run).",
+    "tlm_sampled_negatives": "0 (default) = TLM's softmax over the whole vocabulary (exact). "
+                             "K > 0 = over a candidate set: the ids the batch's masked tokens "
+                             "must predict plus K ids drawn uniformly at random from the "
+                             "vocabulary each step, duplicates removed; no correction term "
+                             "(Jean et al. 2015's targets + sampled negatives): a cheaper, "
+                             "biased loss, and a TLM accuracy among the candidates (higher "
+                             "than the exact one). Needs the MLM head tied to the token "
+                             "embeddings.",
     "anchor_weight": "Weight of the English anchor (multilingual distillation, Reimers & "
                      "Gurevych 2020): a frozen copy of the starting encoder embeds each "
                      "pair's English side, and the trained encoder's embeddings of both "
@@ -365,7 +380,8 @@ TOPICS = {
              "max_sentence_length"],
     "model": ["encoder", "dropout", "pooling", "representation_layer", "projection_dim"],
     "objectives (TLM, MoCo, English anchor)": [
-        "tlm_weight", "max_predictions_per_seq", "mask_selection_rate", "contrastive_weight",
+        "tlm_weight", "max_predictions_per_seq", "mask_selection_rate",
+        "tlm_sampled_negatives", "contrastive_weight",
         "contrastive_negatives", "queue_size", "momentum", "temperature", "shuffle_inputs",
         "anchor_weight", "anchor_loss"],
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",

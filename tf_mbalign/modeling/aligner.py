@@ -5,7 +5,12 @@
 
 - TLM (word level): the ordinary MLM head (tied to the token embeddings) on
   the packed, masked pair; mean cross-entropy over the masked tokens of the
-  global batch.
+  global batch. The softmax runs over the whole vocabulary, or with
+  `tlm_sampled_negatives=K` over a candidate set: the ids this replica's
+  masked tokens must predict plus K ids drawn uniformly from the vocabulary
+  (`tlm_candidates`; Jean et al. 2015's "targets of the batch + sampled
+  negatives", without a correction term: biased, cheaper by the decoder's
+  vocabulary-wide matmuls and softmax).
 - Contrastive (sentence level), `contrastive_negatives`:
   - `"queue"` (MoCo, the paper's): query = sentence representation of the
     trained encoder on one side of the pair; key = that of the momentum
@@ -86,6 +91,15 @@ class Aligner(keras.Model):
             optimizer state and no weight decay, and the key encoder's copy
             is not updated (it equals the table and neither changes). The
             tied MLM decoder then decodes with the frozen table.
+        tlm_sampled_negatives: int. 0: TLM's softmax over the whole
+            vocabulary (exact). K > 0: over the ids the replica's masked
+            tokens must predict plus K ids drawn uniformly at random each
+            step (duplicates removed), without correction (a biased
+            approximation, never above the exact loss; see
+            `candidate_tlm_terms`). Needs a head that decodes with the tied
+            table (`TiedMaskedLMHead.decodes_with_table`). The draws come
+            from a `keras.random.SeedGenerator` seeded from Keras' global
+            seed (`keras.utils.set_random_seed`) when the Aligner is built.
 
     Example:
     ```python
@@ -122,6 +136,7 @@ class Aligner(keras.Model):
         anchor_weight=0.0,
         anchor_loss="mse",
         train_token_embeddings=True,
+        tlm_sampled_negatives=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -130,6 +145,9 @@ class Aligner(keras.Model):
                              f"{NEGATIVES}")
         if anchor_loss not in ANCHOR_LOSSES:
             raise ValueError(f"anchor_loss={anchor_loss!r} is not one of {ANCHOR_LOSSES}")
+        if tlm_sampled_negatives < 0:
+            raise ValueError(f"tlm_sampled_negatives={tlm_sampled_negatives} must be >= 0 "
+                             "(0 = exact softmax over the vocabulary)")
         uses_queue = contrastive_negatives == "queue"
         # === Layers ===
         if not train_token_embeddings:
@@ -147,6 +165,20 @@ class Aligner(keras.Model):
             dtype=encoder.dtype_policy,
             name="mlm_head",
         )
+        if tlm_sampled_negatives and not (isinstance(self.mlm_head, TiedMaskedLMHead)
+                                          and self.mlm_head.decodes_with_table()):
+            raise ValueError(
+                f"tlm_sampled_negatives={tlm_sampled_negatives} needs an MLM head that "
+                "decodes with the tied token table, to gather the candidates' rows; this one "
+                f"({type(self.mlm_head).__name__}) decodes with keras-hub's path (not a "
+                "TiedMaskedLMHead, or its embedding is untied, LoRA or quantized). Use "
+                "tlm_sampled_negatives=0 (the exact softmax) with it.")
+        # The negatives' random state: only with sampled negatives, so the
+        # exact default has the variables (and checkpoints) it always had.
+        # Not trainable; checkpointed with the dropout RNG states
+        # (`dropout_rng_states`), so a resumed run draws what it would have.
+        self.tlm_negative_seeds = (keras.random.SeedGenerator(name="tlm_negative_seeds")
+                                   if tlm_sampled_negatives else None)
         dim = projection_dim or encoder.hidden_dim
         self.projection = self.key_projection = None
         if projection_dim:
@@ -179,6 +211,7 @@ class Aligner(keras.Model):
         self.anchor_weight = anchor_weight
         self.anchor_loss = anchor_loss
         self.train_token_embeddings = train_token_embeddings
+        self.tlm_sampled_negatives = tlm_sampled_negatives
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -205,6 +238,11 @@ class Aligner(keras.Model):
     def uses_tlm(self):
         """TLM is computed (its weight is not 0)."""
         return self.tlm_weight > 0
+
+    @property
+    def samples_tlm_negatives(self):
+        """TLM's softmax runs over a sampled candidate set, not the vocabulary."""
+        return self.tlm_sampled_negatives > 0
 
     @property
     def uses_contrastive(self):
@@ -292,7 +330,9 @@ class Aligner(keras.Model):
                                             batch[f"{side}_padding_mask"], training)
                 for side in ("query", "key") if side in sides}
 
-    def tlm_logits(self, batch, training=False, decoder_table=None):
+    def tlm_logits(self, batch, training=False, decoder_table=None, candidate_ids=None):
+        """float32 logits of the MLM head at the masked positions: over the
+        vocabulary, or over `candidate_ids` (`TiedMaskedLMHead.call`)."""
         outputs = self.encoder(
             {
                 "token_ids": batch["tlm_token_ids"],
@@ -301,7 +341,9 @@ class Aligner(keras.Model):
             },
             training=training,
         )
-        head_arguments = {} if decoder_table is None else {"decoder_table": decoder_table}
+        head_arguments = {name: value for name, value in (("decoder_table", decoder_table),
+                                                          ("candidate_ids", candidate_ids))
+                          if value is not None}
         logits = self.mlm_head(outputs["sequence_output"], mask_positions=batch["masked_positions"],
                                **head_arguments)
         return tf.cast(logits, tf.float32)
@@ -360,33 +402,70 @@ class Aligner(keras.Model):
 
     def tlm_terms(self, batch, training=True, decoder_table=None):
         """(tlm_loss, partial sums): masked-token cross-entropy over the
-        global batch's masked tokens (word level)."""
-        context = tf.distribute.get_replica_context()
+        global batch's masked tokens (word level); over the whole vocabulary,
+        or with sampled negatives over the batch's candidate set
+        (`candidate_tlm_terms` with `sampled_negative_ids()`)."""
+        if self.samples_tlm_negatives:
+            return self.candidate_tlm_terms(batch, self.sampled_negative_ids(), training,
+                                            decoder_table)
         logits = self.tlm_logits(batch, training=training, decoder_table=decoder_table)
-        weights = tf.cast(batch["masked_weights"], tf.float32)
-        token_losses = keras.losses.sparse_categorical_crossentropy(
-            batch["masked_ids"], logits, from_logits=True
-        )
+        return self._tlm_loss_terms(logits, batch["masked_ids"], batch["masked_weights"])
+
+    def candidate_tlm_terms(self, batch, negative_ids, training=True, decoder_table=None):
+        """`tlm_terms` with the softmax over a candidate set: the ids of
+        this replica's masked tokens (padding slots included) and
+        `negative_ids`, duplicates removed (`tlm_candidates`).
+
+        No correction for the sampling (Jean et al. 2015's "targets in the
+        batch + K negatives"): each token's normalizer sums over the
+        candidates only, so the loss is biased low (never above the exact
+        loss: the candidates include the target). The accuracy it counts
+        (`tlm_correct`, the `tlm_accuracy` metric) is then the argmax among
+        the candidates, higher than over the vocabulary; `tlm_counts` (the
+        head warm-up's measurement) stays exact. With
+        `negative_ids` the whole vocabulary this is the exact loss.
+        """
+        candidate_ids, labels = tlm_candidates(batch["masked_ids"], negative_ids)
+        logits = self.tlm_logits(batch, training=training, decoder_table=decoder_table,
+                                 candidate_ids=candidate_ids)
+        return self._tlm_loss_terms(logits, labels, batch["masked_weights"])
+
+    def sampled_negative_ids(self):
+        """`tlm_sampled_negatives` ids drawn uniformly from the vocabulary
+        (int32; repeats and targets possible: `tlm_candidates` removes them),
+        the next draw of the Aligner's seed generator."""
+        return keras.random.randint((self.tlm_sampled_negatives,), 0,
+                                    self.encoder.vocabulary_size, dtype="int32",
+                                    seed=self.tlm_negative_seeds)
+
+    def _tlm_loss_terms(self, logits, labels, masked_weights):
+        """(tlm_loss, partial sums) of the logits' cross-entropy at `labels`
+        (columns of `logits`), divided by the global masked-token count."""
+        context = tf.distribute.get_replica_context()
+        weights = tf.cast(masked_weights, tf.float32)
+        token_losses = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                    from_logits=True)
         local_tokens = tf.reduce_sum(weights)
         global_tokens = (context.all_reduce("sum", local_tokens)
                          if context.num_replicas_in_sync > 1 else local_tokens)
         tlm_loss = tf.math.divide_no_nan(tf.reduce_sum(token_losses * weights), global_tokens)
         return tlm_loss, {
             "local_tokens": local_tokens,
-            "tlm_correct": tf.reduce_sum(self._tlm_correct(logits, batch) * weights),
+            "tlm_correct": tf.reduce_sum(self._tlm_correct(logits, labels) * weights),
             "token_losses_sum": tf.reduce_sum(token_losses * weights),
         }
 
     @staticmethod
-    def _tlm_correct(logits, batch):
+    def _tlm_correct(logits, labels):
         return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                tf.cast(batch["masked_ids"], tf.int32)), tf.float32)
+                                tf.cast(labels, tf.int32)), tf.float32)
 
     def tlm_counts(self, batch):
         """(correct, masked tokens) of the MLM head on `batch`, dropout off
-        (the head warm-up's measurement)."""
+        (the head warm-up's measurement); over the whole vocabulary, with
+        sampled negatives too."""
         weights = tf.cast(batch["masked_weights"], tf.float32)
-        correct = self._tlm_correct(self.tlm_logits(batch, training=False), batch)
+        correct = self._tlm_correct(self.tlm_logits(batch, training=False), batch["masked_ids"])
         return tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
     def contrastive_terms(self, batch, keys=None, training=True, vectors=None):
@@ -576,6 +655,7 @@ class Aligner(keras.Model):
             "anchor_weight": self.anchor_weight,
             "anchor_loss": self.anchor_loss,
             "train_token_embeddings": self.train_token_embeddings,
+            "tlm_sampled_negatives": self.tlm_sampled_negatives,
             "name": self.name,
         }
 
@@ -584,3 +664,19 @@ class Aligner(keras.Model):
         config = dict(config)
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         return cls(**config)
+
+
+def tlm_candidates(masked_ids, negative_ids):
+    """(candidate_ids, labels) of a softmax over a candidate set.
+
+    `candidate_ids`: the ids of `masked_ids` (every slot, padding included)
+    then those of `negative_ids` not among them, each once (`tf.unique`, in
+    order of first appearance); `labels`: for each masked slot, the column of
+    its id in `candidate_ids` (`masked_ids`' shape), so that
+    `tf.gather(candidate_ids, labels) == masked_ids`.
+    """
+    masked_ids = tf.cast(masked_ids, tf.int32)
+    targets = tf.reshape(masked_ids, [-1])
+    candidate_ids, index = tf.unique(tf.concat([targets, tf.cast(negative_ids, tf.int32)], 0))
+    labels = tf.reshape(index[:tf.size(targets)], tf.shape(masked_ids))
+    return candidate_ids, labels

@@ -22,6 +22,11 @@ of the table a step instead of the float32 transpose). The logits come out
 float32 (the bias is added in float32), as keras-hub's head gives them under
 mixed precision, so the cross-entropy over the vocabulary stays float32. In
 float32 the results are those of keras-hub's head (tested).
+
+With `candidate_ids` (sampled TLM negatives, `Aligner.candidate_tlm_terms`)
+the head decodes over those ids only: the table's rows and the bias'
+entries at the ids, gathered, so the decoder's gradient of the table is a
+`tf.IndexedSlices` of those rows and no [vocabulary, width] pass is made.
 """
 
 import keras
@@ -54,22 +59,58 @@ class TiedMaskedLMHead(keras_hub.layers.MaskedLMHead):
                 and not getattr(embedding, "lora_enabled", False)
                 and getattr(embedding, "quantization_mode", None) is None)
 
-    def call(self, inputs, mask_positions, decoder_table=None):
-        """`decoder_table`: optional tensor to decode with instead of reading
-        the tied table (`AlignmentStep.decoder_table`: the step takes its
-        gradient apart from the lookups'); only where `decodes_with_table`."""
+    def call(self, inputs, mask_positions, decoder_table=None, candidate_ids=None):
+        """Logits at `mask_positions`, float32: over the whole vocabulary
+        ([batch, masked, vocabulary]), or over `candidate_ids` only.
+
+        Args:
+            inputs: the encoder's sequence output [batch, length, width].
+            mask_positions: [batch, masked] positions to decode.
+            decoder_table: optional tensor to decode with instead of reading
+                the tied table (`AlignmentStep.decoder_table`: the step
+                takes its gradient apart from the lookups').
+            candidate_ids: optional 1-D int tensor of vocabulary ids: the
+                logits are then [batch, masked, len(candidate_ids)], column
+                j that of id `candidate_ids[j]` (`candidate_decoder`: the
+                table's and bias' rows are gathered first, so their
+                gradients are `tf.IndexedSlices` of those rows).
+
+        Both only where `decodes_with_table`.
+        """
         if not self.decodes_with_table():
+            if decoder_table is not None or candidate_ids is not None:
+                raise ValueError("decoder_table and candidate_ids need a head that decodes "
+                                 "with the plain tied table (decodes_with_table())")
             return super().call(inputs, mask_positions)
         # The masked positions' states: a batched gather (keras-hub's
         # `take_along_axis` transposes the states and its gradient to gather).
         x = tf.gather(inputs, tf.cast(mask_positions, tf.int32), batch_dims=1)
         x = self._intermediate_layer_norm(self._intermediate_dense(x))
-        table = self.token_embedding.embeddings if decoder_table is None else decoder_table
+        if candidate_ids is None:
+            table = self.token_embedding.embeddings if decoder_table is None else decoder_table
+            bias = self._bias
+        else:
+            table, bias = self.candidate_decoder(candidate_ids, decoder_table)
         logits = tied_decoder_logits(x, table, self.compute_dtype)
-        logits = logits + ops.cast(self._bias, "float32")
+        logits = logits + ops.cast(bias, "float32")
         if self.activation is not None:
             logits = self.activation(logits)
         return logits
+
+    def candidate_decoder(self, candidate_ids, decoder_table=None):
+        """(rows, bias): the tied table's and the decoder bias' entries at
+        `candidate_ids`, gathered (their gradients are `tf.IndexedSlices`).
+
+        The rows are the token embedding's own lookup of the ids: the
+        `Embedding` layer reads its float32 table without autocasting and
+        casts only the rows, where reading the table here, under this
+        head's mixed-precision autocast, would cast all of it. From
+        `decoder_table`, a tensor, they are gathered directly.
+        """
+        candidate_ids = tf.cast(candidate_ids, tf.int32)
+        rows = (self.token_embedding(candidate_ids) if decoder_table is None
+                else tf.gather(decoder_table, candidate_ids))
+        return rows, tf.gather(ops.convert_to_tensor(self._bias), candidate_ids)
 
 
 def tied_decoder_logits(hidden, table, compute_dtype):

@@ -9,8 +9,8 @@ The step of the paper's method, per replica:
    activations are not kept for the backward pass);
 2. `Aligner.compute_losses`: TLM + contrastive loss (+ the English anchor)
    on this replica's batch (an objective of weight 0 is not computed);
-3. the gradients (the tied token table's decoder part taken apart from its
-   lookups', `AlignmentStep.decoder_table`);
+3. the gradients (with exact TLM, the tied token table's decoder part
+   taken apart from its lookups', `AlignmentStep.decoder_table`);
    `optimization.reduce_and_clip_gradients`: all-reduce, unscale, global-norm
    clip; the optimizer applies them (the encoder's AdamW, or during the
    head-only warm-up the MLM head's own);
@@ -131,7 +131,8 @@ class AlignmentStep:
     def decoder_table(self, variables):
         """(tensor, index): the tied token table read outside the tape, for
         the MLM decoder, and the table's index in `variables`; (None, None)
-        where the table is not trained with the decoder.
+        where the table is not trained with the decoder, or where the decoder
+        reads only the candidates' rows (sampled TLM negatives).
 
         The table is used three times a step: looked up by the TLM and the
         sentence passes (sparse gradients, a few thousand rows) and
@@ -143,7 +144,13 @@ class AlignmentStep:
         `optimization.add_lookup_gradient` scatters the lookups' rows into it
         (~80 ms).
         """
-        table = self.aligner.tied_table() if self.separate_decoder_gradient else None
+        # With sampled TLM negatives the decoder gathers the candidates' rows
+        # of the table: its gradient is a `tf.IndexedSlices` like the
+        # lookups', the tape adds the three by concatenating their rows, and
+        # there is no dense decoder gradient to take apart.
+        sampled = self.aligner.samples_tlm_negatives
+        table = (self.aligner.tied_table() if self.separate_decoder_gradient and not sampled
+                 else None)
         if table is None:
             return None, None
         index = next((i for i, v in enumerate(variables) if v is table), None)

@@ -27,10 +27,13 @@ from tf_mbalign.training import checkpointing
 from tf_mbalign.training.alignment_step import build_aligner
 
 CHECKPOINT_FOLDER = "checkpoints"
-# Flags that change which variables a checkpoint holds (a frozen token table
-# has no optimizer slots), with the value of a flags.json written before the
-# flag existed. A run resumes only with the values it started with.
-CHECKPOINT_SHAPING_FLAGS = {"train_token_embeddings": True}
+# Flags that change which variables a checkpoint holds: flag -> (its value in
+# a flags.json written before the flag existed, the part of the value that
+# matters). A frozen token table has no optimizer slots; sampled TLM
+# negatives add a random state (any K > 0 the same one). A run resumes only
+# with what it started with.
+CHECKPOINT_SHAPING_FLAGS = {"train_token_embeddings": (True, bool),
+                            "tlm_sampled_negatives": (0, bool)}
 
 
 def warn_to_stderr(message):
@@ -126,9 +129,9 @@ def check_resume_flags(config):
         return
     with open(flags_path, encoding="utf-8") as f:
         previous = json.load(f)
-    for name, missing_value in CHECKPOINT_SHAPING_FLAGS.items():
+    for name, (missing_value, part) in CHECKPOINT_SHAPING_FLAGS.items():
         before, now = previous.get(name, missing_value), getattr(config, name)
-        if before != now:
+        if part(before) != part(now):
             raise checkpointing.CheckpointError(
                 f"{flags_path}: the checkpoints in {directory} were trained with "
                 f"--{name}={str(before).lower()}, and this run asks for "

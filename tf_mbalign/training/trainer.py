@@ -199,7 +199,11 @@ class AlignmentRun:
             self.log(f"  --{name}={getattr(config, name)}  [{source}]")
         anchor = (f"anchor_weight {config.anchor_weight} ({config.anchor_loss})"
                   if config.anchor_weight else "anchor_weight 0")
-        self.log(f"objectives: tlm_weight {config.tlm_weight}, contrastive_weight "
+        tlm = f"tlm_weight {config.tlm_weight}"
+        if config.tlm_sampled_negatives:
+            tlm += (f" (softmax over the targets + {config.tlm_sampled_negatives} sampled "
+                    "negatives)")
+        self.log(f"objectives: {tlm}, contrastive_weight "
                  f"{config.contrastive_weight}, negatives {config.contrastive_negatives}, "
                  f"{anchor}")
         if (self.checkpoint_kind == WITHOUT_MLM_HEAD and config.tlm_weight > 0
