@@ -254,7 +254,7 @@ class OurStep:
     """
 
     def __init__(self, shape, settings, batches, precision="float32", dropout=0.1,
-                 momentum=0.999, seed=0, tlm_sampled_negatives=0):
+                 momentum=0.999, seed=0, step_flags=None):
         from tf_mbalign import distribute
         from tf_mbalign.config import TrainConfig
         from tf_mbalign.modeling.encoders import EncoderBundle
@@ -270,7 +270,7 @@ class OurStep:
             max_seq_length=settings.seq_length, max_sentence_length=settings.sentence_length,
             max_predictions_per_seq=settings.predictions, queue_size=settings.queue_size,
             momentum=momentum, learning_rate=1e-5, warmup_steps=0, train_steps=10**9,
-            dropout=dropout, precision=precision, tlm_sampled_negatives=tlm_sampled_negatives,
+            dropout=dropout, precision=precision, **(step_flags or {}),
         )
         try:
             encoder = build_random_encoder(shape, dropout)

@@ -32,7 +32,8 @@ Usage (from the repository root):
   python benchmarks/train_step.py --json results/train_step.json
   python benchmarks/train_step.py --shapes e5-small --pairs 7
   python benchmarks/train_step.py --quick          # tiny config, < 1 minute
-  python benchmarks/train_step.py --shapes e5-small --no_torch --tlm_sampled_negatives 4096
+  python benchmarks/train_step.py --shapes e5-small --no_torch --tlm_sampled_negatives 4096 \
+      --train_token_embeddings false
   python benchmarks/train_step.py --shapes e5-small --precisions mixed_bfloat16 --xla off \
       --no_torch --pairs 1 --profile_dir results/profile_bf16
   python benchmarks/profile_summary.py results/profile_bf16
@@ -64,21 +65,28 @@ def _torch():
     return torch_reference, None
 
 
+def step_flags_of(args):
+    """The training flags ours runs with (`OurStep(step_flags=...)`)."""
+    return {"tlm_sampled_negatives": args.tlm_sampled_negatives,
+            "train_token_embeddings": args.train_token_embeddings == "true"}
+
+
 def _steps_per_timing(seconds_per_step, target_seconds):
     return max(1, int(round(target_seconds / max(seconds_per_step, 1e-6))))
 
 
 def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_seconds,
                   with_torch, peaks, min_fill=1.0, log=print, on_row=None, profile=None,
-                  tlm_sampled_negatives=0):
+                  step_flags=None):
     """Rows of results for one model shape (one per precision x XLA mode);
     `on_row(row)` is called as each row is finished. `profile`: (directory,
     steps) to trace each row's step with the TensorFlow profiler.
-    `tlm_sampled_negatives`: ours computes TLM over the batch's targets and
-    that many sampled ids (the reference stays exact)."""
+    `step_flags`: training flags of ours (`step_flags_of`: a frozen token
+    table, sampled TLM negatives; the reference keeps the default step)."""
+    step_flags = dict(step_flags or {})
     shape = common.get_shape(shape_name)
     batches = common.synthetic_batches(shape, settings, min_fill=min_fill)
-    flops = common.step_flops(shape, settings, tlm_sampled_negatives)
+    flops = common.step_flops(shape, settings, step_flags.get("tlm_sampled_negatives", 0))
     torch_ref, torch_note = _torch() if with_torch else (None, "PyTorch reference not requested")
     reference = None
     if torch_ref is not None:
@@ -87,7 +95,7 @@ def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_sec
     for precision in precisions:
         log(f"[{shape_name}] building ours ({precision}) ...")
         ours = common.OurStep(shape, settings, batches, precision=precision,
-                              tlm_sampled_negatives=tlm_sampled_negatives)
+                              step_flags=step_flags)
         if reference is not None:
             reference.autocast_dtype = None
             if precision == "mixed_bfloat16":
@@ -100,7 +108,7 @@ def measure_shape(shape_name, settings, precisions, xla_modes, pairs, target_sec
             row = compare(ours, reference, shape_name, settings, flops, peak, jit, pairs,
                           target_seconds, log)
             row["min_fill"] = min_fill
-            row["tlm_sampled_negatives"] = tlm_sampled_negatives
+            row.update(step_flags)
             if profile is not None and "error" not in row:
                 row["profile_dir"] = profile_steps(ours, jit, *profile, log=log)
             if reference is None:
@@ -274,6 +282,9 @@ def main(argv=None):
                         help="ours: TLM's softmax over the batch's targets and K sampled ids "
                              "(the training flag of that name; FLOPs count those rows). The "
                              "PyTorch reference stays exact. Default 0: exact")
+    parser.add_argument("--train_token_embeddings", choices=["true", "false"], default="true",
+                        help="ours: false freezes the token table (the training flag of that "
+                             "name). The PyTorch reference trains it")
     args = parser.parse_args(argv)
 
     shapes = [s for s in args.shapes.split(",") if s]
@@ -324,7 +335,7 @@ def main(argv=None):
         measure_shape(name, settings, precisions, xla_modes, args.pairs, args.target_seconds,
                       not args.no_torch, peaks, args.min_fill, on_row=save_so_far,
                       profile=(args.profile_dir, args.profile_steps) if args.profile_dir
-                      else None, tlm_sampled_negatives=args.tlm_sampled_negatives)
+                      else None, step_flags=step_flags_of(args))
 
     print("\nsummary (median step time; ratio = median of per-pair ours/torch):")
     table = [dict(r, lengths=f"{r['seq_length']}/{r['sentence_length']}",
