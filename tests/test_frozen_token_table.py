@@ -37,8 +37,10 @@ def _first_layer_kernel(encoder):
                 and w.path.endswith("kernel"))
 
 
-@pytest.mark.parametrize("negatives,tlm_sampled_negatives",
-                         [("queue", 0), ("in_batch", 0), ("in_batch", 16)])
+# MoCo's queue with exact TLM (the EMA, and the tied decoder's separate
+# gradient with the table out of the trained variables); in-batch negatives
+# with sampled TLM negatives (the decoder reads frozen rows).
+@pytest.mark.parametrize("negatives,tlm_sampled_negatives", [("queue", 0), ("in_batch", 16)])
 def test_a_frozen_table_is_not_trained_decayed_or_checkpointed_with_moments(
         tmp_path, negatives, tlm_sampled_negatives):
     settings = dict(contrastive_negatives=negatives, tlm_sampled_negatives=tlm_sampled_negatives)
