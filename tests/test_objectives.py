@@ -331,7 +331,8 @@ def test_configs_parse_to_valid_settings(flagfile):
 def test_add_languages_config_is_the_grid_row_it_names():
     """configs/add_languages.flags trains as the add-a-language grid's chosen
     row did (its flags.json, committed with the row), apart from where the run
-    goes and how often it checkpoints; a value changed in either fails here."""
+    goes and how often it checkpoints, and as the frozen-table run whose track
+    figures it now rests on; a value changed in any of them fails here."""
     from absl import flags
 
     from conftest import REPO_ROOT
@@ -352,3 +353,14 @@ def test_add_languages_config_is_the_grid_row_it_names():
     differ = {name: (values.get(name), row[name]) for name in row
               if name not in where and values.get(name) != row[name]}
     assert not differ, f"add_languages.flags vs the grid row {chosen!r}: {differ}"
+    # The one setting the grid did not have: the table frozen, as the run of
+    # RESULTS.md's "The recipe with the token table frozen" trained (its
+    # flags.json: every setting but where it went and its seed).
+    with open(os.path.join(REPO_ROOT, "docs", "results", "lean_frozen", "training",
+                           "flags.json"), encoding="utf-8") as f:
+        frozen_run = json.load(f)
+    differ = {name: (values.get(name), frozen_run.get(name))
+              for name in set(frozen_run) | set(values)
+              if name not in where | {"seed"} and values.get(name) != frozen_run.get(name)}
+    assert not differ, f"add_languages.flags vs the frozen-table run: {differ}"
+    assert values["train_token_embeddings"] is False
