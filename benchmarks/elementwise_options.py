@@ -1,0 +1,135 @@
+"""Element-wise work of the alignment step: ways to compute the same thing,
+timed against each other on e5-small's tensor shapes.
+
+Dropout is the largest element-wise cost of the step after the optimizer's
+per-variable arithmetic (a serialized profile of the e5-small float32 step:
+`StatelessRandomUniformV2`, `SelectV2` and `GreaterEqual`, BENCHMARKS.md).
+Keras' `Dropout` calls `tf.nn.experimental.stateless_dropout`: a uniform
+draw, a comparison, `x * scale` and a select against 0, and in the backward
+pass another select and multiply. The variants compute the same
+distribution of outputs:
+
+- `keras_dropout`: that path (what the encoder runs today);
+- `scaled_mask`: one mask `cast(u >= rate) / (1 - rate)` multiplied in, and
+  the backward pass one multiply by the same mask (`tf.custom_gradient`);
+- `integer_bits`: the mask from 32 random bits compared with an integer
+  threshold (no float conversion of the draw), then as `scaled_mask`.
+
+Each variant runs forward and backward (`d sum(dropout(x) * w) / dx`) in a
+`tf.function` on the step's three dropout shapes (attention probabilities of
+the TLM pass, hidden states of the TLM pass, attention probabilities of a
+sentence pass); the variants are timed alternately, `--rounds` rounds, and
+the median time per call is reported with its ratio to `keras_dropout`.
+
+    python benchmarks/elementwise_options.py --json docs/results/elementwise/zen3.json
+"""
+
+import argparse
+
+import _common as common
+from _common import tf
+
+RATE = 0.1
+# e5-small's dropout shapes in the benchmark step (batch 16, TLM length 128,
+# sentence length 64, 12 heads, width 384).
+SHAPES = {
+    "attention_probs_tlm": (16, 12, 128, 128),
+    "hidden_tlm": (16, 128, 384),
+    "attention_probs_sentence": (16, 12, 64, 64),
+}
+
+
+def keras_dropout(x, seed):
+    return tf.nn.experimental.stateless_dropout(x, RATE, seed=seed)
+
+
+def _multiply_by_mask(x, mask):
+    @tf.custom_gradient
+    def forward(x):
+        return x * mask, lambda dy: dy * mask
+
+    return forward(x)
+
+
+def scaled_mask(x, seed):
+    keep = tf.random.stateless_uniform(tf.shape(x), seed, dtype=x.dtype) >= RATE
+    return _multiply_by_mask(x, tf.cast(keep, x.dtype) * (1.0 / (1.0 - RATE)))
+
+
+def integer_bits(x, seed):
+    bits = tf.random.stateless_uniform(tf.shape(x), seed, minval=None, maxval=None,
+                                       dtype=tf.int32)
+    # P(bits >= t) = 1 - RATE for bits uniform over int32.
+    threshold = int(RATE * 2 ** 32) - 2 ** 31
+    keep = bits >= threshold
+    return _multiply_by_mask(x, tf.cast(keep, x.dtype) * (1.0 / (1.0 - RATE)))
+
+
+VARIANTS = {"keras_dropout": keras_dropout, "scaled_mask": scaled_mask,
+            "integer_bits": integer_bits}
+
+
+def forward_backward(variant):
+    @tf.function
+    def run(x, w, seed):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(variant(x, seed) * w)
+        return tf.reduce_sum(tape.gradient(loss, x)[:1])
+
+    return run
+
+
+def keep_rate(variant, shape):
+    """The share of elements kept and the mean of the output over ones
+    (should be 1 - RATE and 1)."""
+    x = tf.ones(shape)
+    y = variant(x, tf.constant([1, 2]))
+    return float(tf.reduce_mean(tf.cast(y != 0, tf.float32))), float(tf.reduce_mean(y))
+
+
+def measure(rounds, calls):
+    rows = []
+    for shape_name, shape in SHAPES.items():
+        x = tf.random.normal(shape)
+        w = tf.random.normal(shape)
+        runs = {name: forward_backward(fn) for name, fn in VARIANTS.items()}
+        for run in runs.values():
+            run(x, w, tf.constant([0, 0])).numpy()
+        times = {name: [] for name in runs}
+        for r in range(rounds):
+            order = list(runs) if r % 2 == 0 else list(reversed(list(runs)))
+            for name in order:
+                def calls_of(run=runs[name], r=r):
+                    for i in range(calls):
+                        run(x, w, tf.constant([r, i])).numpy()
+
+                times[name].append(common.timed(calls_of) / calls)
+        base = common.statistics.median(times["keras_dropout"])
+        for name, values in times.items():
+            median = common.statistics.median(values)
+            kept, mean = keep_rate(VARIANTS[name], shape)
+            rows.append({"shape": shape_name, "elements": int(common.np.prod(shape)),
+                         "variant": name, "median_ms": median * 1e3,
+                         "ratio_to_keras_dropout": median / base, "kept_share": kept,
+                         "mean_of_ones": mean, "times_ms": [t * 1e3 for t in values]})
+            print(f"{shape_name:26s} {name:14s} {median * 1e3:8.2f} ms  "
+                  f"x{median / base:.3f}  kept {kept:.4f}", flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=5, help="calls per timing")
+    parser.add_argument("--json", default="")
+    args = parser.parse_args()
+    machine = common.machine_info()
+    common.print_machine(machine)
+    rows = measure(args.rounds, args.calls)
+    common.write_json(args.json, {"machine": machine, "rate": RATE, "rounds": args.rounds,
+                                  "calls": args.calls, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
