@@ -94,7 +94,8 @@ for row in "$@"; do
       --against="$RUNS/exports/${row}_seed$SEED" --data_root="$DATA" --budget=cpu --seeds=2 \
       --first_seed="$FIRST_SEED" --test_rows="$HALF" --output_dir="$OUT" --quiet
   mkdir -p "$OUT/compare_$row"
-  mv "$OUT"/lowres.json "$OUT"/lowres.md "$OUT"/*.png "$OUT/compare_$row/"
+  # Only the track report (the grid table's grid.png lives there too).
+  mv "$OUT"/lowres.json "$OUT"/lowres.md "$OUT"/lowres.png "$OUT/compare_$row/"
   if [[ $COMMIT == 1 ]]; then
     git add "$OUT"
     git commit -q -m "Add-a-language grid row $row ($HALF half, seed $SEED, first fine-tuning seed $FIRST_SEED): $flags" -- "$OUT"
