@@ -14,6 +14,7 @@ override), read as the training binary reads them.
 """
 
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -84,7 +85,9 @@ def main(argv):
     phases = Phases()
     phases.mark("imports")
     config = TrainConfig.from_flags()
-    distribute.set_precision(config.precision if config.precision != "auto" else "float32")
+    precision, _ = distribute.resolve_precision(config.precision)
+    config = dataclasses.replace(config, precision=precision)
+    distribute.set_precision(precision)
     keras.utils.set_random_seed(config.seed)
     corpus = training_input.open_corpus(config.corpus, max_chars=config.max_chars,
                                         hold_out_seed=config.seed)

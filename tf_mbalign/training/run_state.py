@@ -15,25 +15,26 @@ pretrained encoder.
 from its checkpoints (the export binary and evaluation use it).
 """
 
+import dataclasses
 import json
 import os
 import sys
 
 import tensorflow as tf
 
+from tf_mbalign.config import TrainConfig
 from tf_mbalign.modeling import encoders
 from tf_mbalign.modeling.bert_encoder import dropout_rng_states
 from tf_mbalign.training import checkpointing
 from tf_mbalign.training.alignment_step import build_aligner
 
 CHECKPOINT_FOLDER = "checkpoints"
-# Flags that change which variables a checkpoint holds: flag -> (its value in
-# a flags.json written before the flag existed, the part of the value that
-# matters). A frozen token table has no optimizer slots; sampled TLM
-# negatives add a random state (any K > 0 the same one). A run resumes only
-# with what it started with.
-CHECKPOINT_SHAPING_FLAGS = {"train_token_embeddings": (True, bool),
-                            "tlm_sampled_negatives": (0, bool)}
+# Flags that change which variables a checkpoint holds: flag -> the part of
+# its value that matters. A frozen token table has no optimizer slots;
+# sampled TLM negatives add a random state (any K > 0 the same one). A run
+# resumes only with what it started with; a flags.json written before a flag
+# existed had its `TrainConfig` default.
+CHECKPOINT_SHAPING_FLAGS = {"train_token_embeddings": bool, "tlm_sampled_negatives": bool}
 
 
 def warn_to_stderr(message):
@@ -129,8 +130,9 @@ def check_resume_flags(config):
         return
     with open(flags_path, encoding="utf-8") as f:
         previous = json.load(f)
-    for name, (missing_value, part) in CHECKPOINT_SHAPING_FLAGS.items():
-        before, now = previous.get(name, missing_value), getattr(config, name)
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    for name, part in CHECKPOINT_SHAPING_FLAGS.items():
+        before, now = previous.get(name, defaults[name]), getattr(config, name)
         if part(before) != part(now):
             raise checkpointing.CheckpointError(
                 f"{flags_path}: the checkpoints in {directory} were trained with "
