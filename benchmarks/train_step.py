@@ -68,7 +68,8 @@ def _torch():
 def step_flags_of(args):
     """The training flags ours runs with (`OurStep(step_flags=...)`)."""
     return {"tlm_sampled_negatives": args.tlm_sampled_negatives,
-            "train_token_embeddings": args.train_token_embeddings == "true"}
+            "train_token_embeddings": args.train_token_embeddings == "true",
+            "recompute_activations": args.recompute_activations == "true"}
 
 
 def _steps_per_timing(seconds_per_step, target_seconds):
@@ -285,6 +286,11 @@ def main(argv=None):
     parser.add_argument("--train_token_embeddings", choices=["true", "false"], default="true",
                         help="ours: false freezes the token table (the training flag of that "
                              "name). The PyTorch reference trains it")
+    parser.add_argument("--recompute_activations", choices=["true", "false"], default="false",
+                        help="ours: true runs each transformer layer again in the backward "
+                             "pass instead of keeping its activations (the training flag of "
+                             "that name; FLOPs count the forward once). The PyTorch "
+                             "reference keeps them")
     args = parser.parse_args(argv)
 
     shapes = [s for s in args.shapes.split(",") if s]

@@ -109,6 +109,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_gradient_norm: float = 1.0
     train_token_embeddings: bool = True
+    recompute_activations: bool = False
     queue_size: int = None  # by checkpoint
     momentum: float = None  # by checkpoint
     temperature: float = None  # by checkpoint
@@ -306,6 +307,10 @@ HELP = {
                               "of a multilingual encoder's parameters are this table (e5-small: "
                               "96M of 118M), and a batch looks up a few thousand of its rows. "
                               "A run resumes only with the value it started with.",
+    "recompute_activations": "Keep only each transformer layer's input for the backward pass and "
+                             "run the layer again there: the step's activations shrink from "
+                             "every layer's to about one layer's, for one more forward pass of "
+                             "compute. Same losses, gradients and dropout masks as false.",
     "queue_size": "MoCo queue size K (>= global batch; --contrastive_negatives=queue).",
     "momentum": "MoCo key-encoder EMA momentum m (--contrastive_negatives=queue).",
     "temperature": "InfoNCE temperature T.",
@@ -386,7 +391,7 @@ TOPICS = {
         "anchor_weight", "anchor_loss"],
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
                   "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm",
-                  "train_token_embeddings"],
+                  "train_token_embeddings", "recompute_activations"],
     "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
                                 "export_precision", "seed", "quiet", "steps_per_loop",
                                 "retrieval_data", "retrieval_every", "retrieval_pairs",

@@ -100,6 +100,10 @@ class Aligner(keras.Model):
             table (`TiedMaskedLMHead.decodes_with_table`). The draws come
             from a `keras.random.SeedGenerator` seeded from Keras' global
             seed (`keras.utils.set_random_seed`) when the Aligner is built.
+        recompute_activations: bool. True: `encoder`'s transformer layers
+            keep only their inputs for the backward pass and run again there
+            (`BertEncoder.set_recompute_activations`): less memory, one more
+            forward pass; the same losses, gradients and dropout masks.
 
     Example:
     ```python
@@ -137,6 +141,7 @@ class Aligner(keras.Model):
         anchor_loss="mse",
         train_token_embeddings=True,
         tlm_sampled_negatives=0,
+        recompute_activations=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -152,6 +157,7 @@ class Aligner(keras.Model):
         # === Layers ===
         if not train_token_embeddings:
             encoder.token_embedding.trainable = False
+        encoder.set_recompute_activations(recompute_activations)
         self.encoder = encoder
         # The momentum branch exists only for MoCo's queue.
         self.key_encoder = clone_encoder(encoder, name="key_encoder") if uses_queue else None
@@ -212,6 +218,7 @@ class Aligner(keras.Model):
         self.anchor_loss = anchor_loss
         self.train_token_embeddings = train_token_embeddings
         self.tlm_sampled_negatives = tlm_sampled_negatives
+        self.recompute_activations = recompute_activations
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -656,6 +663,7 @@ class Aligner(keras.Model):
             "anchor_loss": self.anchor_loss,
             "train_token_embeddings": self.train_token_embeddings,
             "tlm_sampled_negatives": self.tlm_sampled_negatives,
+            "recompute_activations": self.recompute_activations,
             "name": self.name,
         }
 

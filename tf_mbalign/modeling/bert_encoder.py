@@ -4,6 +4,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from tf_mbalign.modeling.recomputed_transformer import TransformerEncoder
+
 
 def _initializer(stddev=0.02):
     return keras.initializers.TruncatedNormal(stddev=stddev)
@@ -122,7 +124,7 @@ class BertEncoder(keras.Model):
             dropout, dtype=dtype, name="embeddings_dropout"
         )
         self.transformer_layers = [
-            keras_hub.layers.TransformerEncoder(
+            TransformerEncoder(
                 num_heads=num_heads,
                 intermediate_dim=intermediate_dim,
                 activation=_ACTIVATIONS[hidden_activation],
@@ -185,6 +187,14 @@ class BertEncoder(keras.Model):
         self.num_segments = num_segments
         self.hidden_activation = hidden_activation
         self.layer_norm_epsilon = layer_norm_epsilon
+
+    def set_recompute_activations(self, recompute):
+        """Training calls of every transformer layer keep only the layer's input
+        for the backward pass and run the layer again there (True), or keep
+        every activation (False, the default). Same losses and gradients;
+        not part of the config (`recomputed_transformer`)."""
+        for layer in self.transformer_layers:
+            layer.recompute_activations = bool(recompute)
 
     def get_config(self):
         return {
