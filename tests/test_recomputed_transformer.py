@@ -197,3 +197,24 @@ def test_the_layers_keras_file_weight_paths_are_keras_hubs(tmp_path):
     theirs = _keras_file_weight_paths(keras_hub.models.BertBackbone(**shape),
                                       str(tmp_path / "keras_hub.keras"))
     assert len(ours) > 20 and ours == theirs
+
+
+def test_a_run_resumes_with_recomputation_switched(tmp_path):
+    """Recomputation adds no variable and draws what a plain call draws, so it
+    is not among the checkpoint-shaping flags: a run resumes with it on or off."""
+    from conftest import tiny_train_config
+    from tf_mbalign.training.trainer import AlignmentRun
+
+    def run(steps, recompute):
+        config = tiny_train_config(tmp_path / "run", train_steps=steps, head_warmup_steps=1,
+                                   dropout=0.1, recompute_activations=recompute)
+        alignment_run = AlignmentRun(config, log=lambda *_: None)
+        alignment_run.run()
+        return alignment_run
+
+    first = run(1, True)
+    assert all(layer.recompute_activations for layer in first.aligner.encoder.transformer_layers)
+    resumed = run(2, False)
+    assert int(resumed.step.numpy()) == 3  # 1 head warm-up step + 2 encoder steps
+    assert not any(layer.recompute_activations
+                   for layer in resumed.aligner.encoder.transformer_layers)
