@@ -21,7 +21,20 @@ the TLM pass, hidden states of the TLM pass, attention probabilities of a
 sentence pass); the variants are timed alternately, `--rounds` rounds, and
 the median time per call is reported with its ratio to `keras_dropout`.
 
+Layer norm (`--family layer_norm`): Keras' `LayerNormalization` on TensorFlow
+computes `moments` and a handful of element-wise ops, forward and backward
+(`keras.ops.layer_normalization`). TensorFlow's fused op,
+`FusedBatchNormV3` (oneDNN has a kernel for it, forward and backward),
+normalizes each channel over the other axes: with the hidden states reshaped
+to `[1, tokens, width, 1]` in NCHW, each token is a channel and the op
+computes a layer norm's mean and variance over the width, then the layer's
+gamma and beta are applied as a multiply and an add. Both variants run
+forward and backward with the gradients of the input, gamma and beta on the
+step's hidden-state shapes; each row also reports the largest difference
+of the outputs from Keras'.
+
     python benchmarks/elementwise_options.py --json docs/results/elementwise/zen3.json
+    python benchmarks/elementwise_options.py --family layer_norm --json LAYER_NORM.json
 """
 
 import argparse
@@ -68,6 +81,35 @@ def integer_bits(x, seed):
 VARIANTS = {"keras_dropout": keras_dropout, "scaled_mask": scaled_mask,
             "integer_bits": integer_bits}
 
+EPSILON = 1e-12  # e5-small's layer norm epsilon
+WIDTH = 384
+LAYER_NORM_SHAPES = {"hidden_tlm": (16, 128, WIDTH), "hidden_sentence": (16, 64, WIDTH)}
+_gamma = tf.Variable(tf.random.stateless_uniform((WIDTH,), (3, 4), 0.5, 1.5), name="gamma")
+_beta = tf.Variable(tf.random.stateless_normal((WIDTH,), (5, 6)) * 0.1, name="beta")
+
+
+def keras_layer_norm(x, seed):
+    del seed
+    return common.keras.ops.layer_normalization(x, _gamma, _beta, axis=-1, epsilon=EPSILON)
+
+
+def fused_batch_norm(x, seed):
+    del seed
+    shape = tf.shape(x)
+    rows = tf.reshape(x, [1, -1, WIDTH, 1])  # NCHW: a channel per token
+    ones = tf.ones([tf.shape(rows)[1]], x.dtype)
+    normalized, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        rows, scale=ones, offset=tf.zeros_like(ones), epsilon=EPSILON, data_format="NCHW",
+        is_training=True)
+    return tf.reshape(normalized, shape) * _gamma + _beta
+
+
+LAYER_NORM_VARIANTS = {"keras_layer_norm": keras_layer_norm, "fused_batch_norm": fused_batch_norm}
+
+# family: (variants, shapes, the baseline variant)
+FAMILIES = {"dropout": (VARIANTS, SHAPES, "keras_dropout"),
+            "layer_norm": (LAYER_NORM_VARIANTS, LAYER_NORM_SHAPES, "keras_layer_norm")}
+
 
 def forward_backward(variant):
     @tf.function
@@ -75,7 +117,8 @@ def forward_backward(variant):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_sum(variant(x, seed) * w)
-        return tf.reduce_sum(tape.gradient(loss, x)[:1])
+        gradients = tape.gradient(loss, [x, _gamma, _beta])
+        return sum(tf.reduce_sum(g[:1]) for g in gradients if g is not None)
 
     return run
 
@@ -88,12 +131,23 @@ def keep_rate(variant, shape):
     return float(tf.reduce_mean(tf.cast(y != 0, tf.float32))), float(tf.reduce_mean(y))
 
 
-def measure(rounds, calls):
+def check(family, variant, baseline, shape):
+    """What each row reports to show the variant computes the same thing."""
+    if family == "dropout":
+        kept, mean = keep_rate(variant, shape)
+        return {"kept_share": kept, "mean_of_ones": mean}, f"kept {kept:.4f}"
+    x = tf.random.stateless_normal(shape, (7, 8)) * 3.0 + 1.0
+    difference = float(tf.reduce_max(tf.abs(variant(x, None) - baseline(x, None))))
+    return {"max_abs_difference": difference}, f"max |diff| {difference:.2e}"
+
+
+def measure(rounds, calls, family="dropout"):
+    variants, shapes, base_name = FAMILIES[family]
     rows = []
-    for shape_name, shape in SHAPES.items():
+    for shape_name, shape in shapes.items():
         x = tf.random.normal(shape)
         w = tf.random.normal(shape)
-        runs = {name: forward_backward(fn) for name, fn in VARIANTS.items()}
+        runs = {name: forward_backward(fn) for name, fn in variants.items()}
         for run in runs.values():
             run(x, w, tf.constant([0, 0])).numpy()
         times = {name: [] for name in runs}
@@ -105,16 +159,16 @@ def measure(rounds, calls):
                         run(x, w, tf.constant([r, i])).numpy()
 
                 times[name].append(common.timed(calls_of) / calls)
-        base = common.statistics.median(times["keras_dropout"])
+        base = common.statistics.median(times[base_name])
         for name, values in times.items():
             median = common.statistics.median(values)
-            kept, mean = keep_rate(VARIANTS[name], shape)
+            checked, text = check(family, variants[name], variants[base_name], shape)
             rows.append({"shape": shape_name, "elements": int(common.np.prod(shape)),
                          "variant": name, "median_ms": median * 1e3,
-                         "ratio_to_keras_dropout": median / base, "kept_share": kept,
-                         "mean_of_ones": mean, "times_ms": [t * 1e3 for t in values]})
-            print(f"{shape_name:26s} {name:14s} {median * 1e3:8.2f} ms  "
-                  f"x{median / base:.3f}  kept {kept:.4f}", flush=True)
+                         f"ratio_to_{base_name}": median / base, **checked,
+                         "times_ms": [t * 1e3 for t in values]})
+            print(f"{shape_name:26s} {name:16s} {median * 1e3:8.2f} ms  "
+                  f"x{median / base:.3f}  {text}", flush=True)
     return rows
 
 
@@ -122,13 +176,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=5, help="calls per timing")
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="dropout")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     machine = common.machine_info()
     common.print_machine(machine)
-    rows = measure(args.rounds, args.calls)
-    common.write_json(args.json, {"machine": machine, "rate": RATE, "rounds": args.rounds,
-                                  "calls": args.calls, "rows": rows})
+    rows = measure(args.rounds, args.calls, args.family)
+    common.write_json(args.json, {"machine": machine, "family": args.family, "rate": RATE,
+                                  "rounds": args.rounds, "calls": args.calls, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -316,3 +316,20 @@ def test_compare_commits_alternates_the_two_checkouts_and_removes_its_worktree(t
     worktrees = subprocess.run(["git", "-C", REPO_ROOT, "worktree", "list"],
                                capture_output=True, text=True, check=True).stdout
     assert "compare_commits_" not in worktrees
+
+
+# tolerance: both compute (x - mean) / sqrt(var + eps) * gamma + beta in float32 over 384 values
+# of magnitude ~3 (outputs up to ~7): 1e-5 absolute is ~100 ulps of the largest output.
+@pytest.mark.numerics
+def test_elementwise_layer_norm_variants_compute_keras_layer_norm(common):
+    import elementwise_options as options
+
+    rows = options.measure(rounds=1, calls=1, family="layer_norm")
+    assert {r["variant"] for r in rows} == set(options.LAYER_NORM_VARIANTS)
+    assert len(rows) == len(options.LAYER_NORM_SHAPES) * len(options.LAYER_NORM_VARIANTS)
+    for row in rows:
+        assert row["max_abs_difference"] < 1e-5
+    # The check itself sees a wrong layer norm (beta left out: differences ~0.1).
+    wrong = options.check("layer_norm", lambda x, seed: options.keras_layer_norm(x, seed)
+                          - options._beta, options.keras_layer_norm, (2, 3, options.WIDTH))
+    assert wrong[0]["max_abs_difference"] > 1e-2
