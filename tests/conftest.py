@@ -20,6 +20,17 @@ TEST_PRECISION = "float32"
 TEST_PRECISION_FLAG = f"--precision={TEST_PRECISION}"
 
 
+def largest_relative_difference(reference, other, floor=1e-6):
+    """max over arrays of max|a - b| / max(max|a|, floor), `a` from `reference`:
+    float32 noise in arrays below `floor` (e.g. attention key biases, whose
+    gradient is 0 in exact arithmetic) does not count."""
+    import numpy as np
+
+    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               / max(float(np.max(np.abs(a))), floor)
+               for a, b in zip(reference, other) if np.size(a))
+
+
 @pytest.fixture
 def shared_data():
     """`$TF_MBALIGN_SHARED_DATA`, else `../shared/data` beside the checkout."""

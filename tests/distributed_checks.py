@@ -30,7 +30,7 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
-from conftest import TEST_PRECISION  # noqa: E402
+from conftest import TEST_PRECISION, largest_relative_difference  # noqa: E402
 from tf_mbalign.config import TrainConfig  # noqa: E402
 from tf_mbalign.data import corpus as corpus_lib  # noqa: E402
 from tf_mbalign.data import pipeline  # noqa: E402
@@ -89,14 +89,6 @@ def _summed_gradients(aligner, batch):
     if context.num_replicas_in_sync > 1:
         gradients = context.all_reduce("sum", gradients)
     return gradients
-
-
-def _largest_relative_difference(reference, other, floor=1e-6):
-    """max over variables of max|a - b| / max(max|a|, floor): float32 noise
-    in entries below `floor` (e.g. attention key biases, whose gradient is 0
-    in exact arithmetic) does not count."""
-    return max(float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(a))), floor)
-               for a, b in zip(reference, other) if a.size)
 
 
 def _forward_logits(aligner, batch):
@@ -224,7 +216,7 @@ def mirrored_equivalence(out_path, variant="queue", strategy=None):
     single_gradients = tf.function(lambda b: _summed_gradients(single, b))(batches[0])
     mirrored_gradients = tf.function(lambda b: strategy.run(
         lambda x: _summed_gradients(mirrored, x), args=(b,)))(split(batches[0]))
-    report["max_gradient_relative_diff"] = _largest_relative_difference(
+    report["max_gradient_relative_diff"] = largest_relative_difference(
         [g.numpy() for g in single_gradients],
         [g.numpy() for g in strategy.experimental_local_results(mirrored_gradients)[0]])
     for batch in batches:
