@@ -391,10 +391,11 @@ def test_binary_trains_resumes_and_exports(tmp_path, finished_binary_run):
 # tolerance: a float16 / bf16 / XLA first step vs float32 from the same start: 0.05 of a ~5
 # loss is bf16's 2^-8 rounding through a few layers, far above kernel noise.
 @pytest.mark.numerics
-@pytest.mark.parametrize("overrides", [dict(precision="mixed_float16"),
+@pytest.mark.parametrize("overrides", [pytest.param(dict(precision="mixed_float16"),
+                                                    marks=pytest.mark.float16, id="mixed_float16"),
                                        pytest.param(dict(precision="mixed_bfloat16"),
-                                                    marks=pytest.mark.bfloat16),
-                                       dict(jit_compile=True)])
+                                                    marks=pytest.mark.bfloat16, id="mixed_bfloat16"),
+                                       pytest.param(dict(jit_compile=True), id="xla")])
 def test_precision_and_xla_variants_train(tmp_path, overrides):
     import keras
 
