@@ -10,23 +10,6 @@ import pytest
 from tf_mbalign import runtime  # noqa: E402
 
 runtime.set_tensorflow_environment_defaults()  # before TensorFlow loads
-
-
-def _share_the_cores_between_workers():
-    """Under pytest-xdist, each worker's TensorFlow (and the processes its
-    tests start, which inherit the variable) gets its share of the cores for
-    its intra-op pool instead of all of them, so that n workers do not run n
-    pools of full size on the same cores (BUILD_NOTES.md, "Numerical
-    tolerances", test time). Results do not depend on it: every comparison
-    in the suite is between runs of one process or of processes started
-    with the same environment."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (cores or 1) // workers)))
-
-
-_share_the_cores_between_workers()
 from tf_mbalign.data.data_root import default_data_root  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
