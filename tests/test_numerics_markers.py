@@ -24,10 +24,9 @@ def _marks(function):
     return names
 
 
-def numerics_tests_without_a_reason(paths):
-    """[(file:line, test)] of `numerics` tests whose decorators are not
-    preceded by a comment block holding a `# tolerance:` line."""
-    missing = []
+def numerics_tests(paths):
+    """(file:line, function node, source lines, first decorator's line) of
+    each `numerics` test in `paths` (`file:line` points at that decorator)."""
     for path in paths:
         with open(path, encoding="utf-8") as f:
             source = f.read()
@@ -35,13 +34,21 @@ def numerics_tests_without_a_reason(paths):
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef) and "numerics" in _marks(node):
                 first = min(d.lineno for d in node.decorator_list)
-                comments = []  # the comment block right above the decorators
-                for line in reversed(lines[:first - 1]):
-                    if not line.strip().startswith("#"):
-                        break
-                    comments.append(line.strip())
-                if not any(line.startswith("# tolerance:") for line in comments):
-                    missing.append((f"{os.path.relpath(path, REPO_ROOT)}:{first}", node.name))
+                yield f"{os.path.relpath(path, REPO_ROOT)}:{first}", node, lines, first
+
+
+def numerics_tests_without_a_reason(paths):
+    """[(file:line, test)] of `numerics` tests whose decorators are not
+    preceded by a comment block holding a `# tolerance:` line."""
+    missing = []
+    for where, node, lines, first in numerics_tests(paths):
+        comments = []  # the comment block right above the decorators
+        for line in reversed(lines[:first - 1]):
+            if not line.strip().startswith("#"):
+                break
+            comments.append(line.strip())
+        if not any(line.startswith("# tolerance:") for line in comments):
+            missing.append((where, node.name))
     return missing
 
 
@@ -65,21 +72,11 @@ def numerics_tests_without_their_precision_marker(paths):
     reduced precision without carrying `pytest.mark.<that precision>`
     (directly or on a `pytest.param`)."""
     missing = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-        lines = source.splitlines()
-        for node in ast.walk(ast.parse(source)):
-            if not (isinstance(node, ast.FunctionDef) and node.decorator_list):
-                continue
-            first = min(d.lineno for d in node.decorator_list)
-            text = "\n".join(lines[first - 1:node.end_lineno])
-            if "mark.numerics" not in text:
-                continue
-            for marker, named in PRECISION_MARKERS.items():
-                if re.search(named, text) and f"mark.{marker}" not in text:
-                    missing.append((f"{os.path.relpath(path, REPO_ROOT)}:{first}", node.name,
-                                    marker))
+    for where, node, lines, first in numerics_tests(paths):
+        text = "\n".join(lines[first - 1:node.end_lineno])
+        for marker, named in PRECISION_MARKERS.items():
+            if re.search(named, text) and f"mark.{marker}" not in text:
+                missing.append((where, node.name, marker))
     return missing
 
 
