@@ -69,7 +69,8 @@ def step_flags_of(args):
     """The training flags ours runs with (`OurStep(step_flags=...)`)."""
     return {"tlm_sampled_negatives": args.tlm_sampled_negatives,
             "train_token_embeddings": args.train_token_embeddings == "true",
-            "recompute_activations": args.recompute_activations == "true"}
+            "recompute_activations": args.recompute_activations == "true",
+            "dropout_mask_bits": args.dropout_mask_bits}
 
 
 def _steps_per_timing(seconds_per_step, target_seconds):
@@ -291,6 +292,9 @@ def main(argv=None):
                              "pass instead of keeping its activations (the training flag of "
                              "that name; FLOPs count the forward once). The PyTorch "
                              "reference keeps them")
+    parser.add_argument("--dropout_mask_bits", type=int, choices=[16, 32], default=32,
+                        help="ours: random bits per element of the dropout masks (the training "
+                             "flag of that name). The PyTorch reference draws its own")
     args = parser.parse_args(argv)
 
     shapes = [s for s in args.shapes.split(",") if s]

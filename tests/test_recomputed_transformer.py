@@ -18,6 +18,7 @@ from tf_mbalign.modeling import encoders
 from tf_mbalign.modeling.aligner import Aligner
 from tf_mbalign.modeling.bert_encoder import dropout_rng_states
 from tf_mbalign.modeling.recomputed_transformer import TransformerEncoder
+from tf_mbalign.modeling.sixteen_bit_dropout import set_dropout_mask_bits
 
 # Relative to each array's own largest entry, however small (no floor).
 _FLOOR = 1e-30
@@ -63,8 +64,10 @@ def _loss_and_gradients(layer, inputs, mask, call=None):
 # tolerance: the same ops on the same inputs in another graph; oneDNN may fuse them otherwise:
 # 1e-5 of each gradient's largest entry (~100 float32 ulps over sums of <= 32 terms).
 @pytest.mark.numerics
-def test_a_recomputed_layer_gives_the_gradients_and_masks_of_a_plain_one():
+@pytest.mark.parametrize("dropout_mask_bits", [32, 16])
+def test_a_recomputed_layer_gives_the_gradients_and_masks_of_a_plain_one(dropout_mask_bits):
     layer, inputs, mask = _layer()
+    set_dropout_mask_bits(layer, dropout_mask_bits)
     assert len(layer.active_dropouts()) == 3  # attention, after attention, after feed-forward
     outputs, gradients, states = _loss_and_gradients(layer, inputs, mask)
     layer.recompute_activations = True

@@ -20,6 +20,7 @@ from tf_mbalign import distribute
 from tf_mbalign.data.pipeline import PipelineConfig
 from tf_mbalign.modeling.aligner import NEGATIVES, Aligner
 from tf_mbalign.modeling.english_anchor import ANCHOR_LOSSES
+from tf_mbalign.modeling.sixteen_bit_dropout import MASK_BITS
 
 # === Defaults that depend on the checkpoint ===
 # Kinds of checkpoint (`checkpoint_kind`).
@@ -110,6 +111,7 @@ class TrainConfig:
     max_gradient_norm: float = 1.0
     train_token_embeddings: bool = True
     recompute_activations: bool = False
+    dropout_mask_bits: int = 32
     queue_size: int = None  # by checkpoint
     momentum: float = None  # by checkpoint
     temperature: float = None  # by checkpoint
@@ -158,6 +160,9 @@ class TrainConfig:
                 f"(--global_batch_size={self.global_batch_size})"
             )
         problems += self._objective_problems()
+        if self.dropout_mask_bits not in MASK_BITS:
+            problems.append(f"--dropout_mask_bits={self.dropout_mask_bits} is not one of "
+                            f"{list(MASK_BITS)}")
         if self.max_predictions_per_seq < 1:
             problems.append("--max_predictions_per_seq must be >= 1")
         if self.max_seq_length < 5 or self.max_sentence_length < 3:
@@ -311,6 +316,10 @@ HELP = {
                              "run the layer again there: the step's activations shrink from "
                              "every layer's to about one layer's, for one more forward pass of "
                              "compute. Same losses, gradients and dropout masks as false.",
+    "dropout_mask_bits": "Random bits per element of the encoder's dropout masks: 32 (Keras' "
+                         "Dropout: a float uniform draw per element) or 16 (two masks' worth per "
+                         "32-bit draw, compared as integers: the same distribution of masks to "
+                         "6e-6 in the rate, another random stream, a cheaper step).",
     "queue_size": "MoCo queue size K (>= global batch; --contrastive_negatives=queue).",
     "momentum": "MoCo key-encoder EMA momentum m (--contrastive_negatives=queue).",
     "temperature": "InfoNCE temperature T.",
@@ -391,7 +400,7 @@ TOPICS = {
         "anchor_weight", "anchor_loss"],
     "optimizer": ["train_steps", "head_warmup_steps", "global_batch_size", "learning_rate",
                   "head_learning_rate", "warmup_steps", "weight_decay", "max_gradient_norm",
-                  "train_token_embeddings", "recompute_activations"],
+                  "train_token_embeddings", "recompute_activations", "dropout_mask_bits"],
     "checkpoints and runtime": ["model_dir", "checkpoint_every", "keep_checkpoints", "export",
                                 "export_precision", "seed", "quiet", "steps_per_loop",
                                 "retrieval_data", "retrieval_every", "retrieval_pairs",

@@ -55,6 +55,7 @@ from tf_mbalign.modeling.bert_encoder import clone_encoder
 from tf_mbalign.modeling.english_anchor import ANCHOR_LOSSES, Teacher
 from tf_mbalign.modeling.mlm_head import TiedMaskedLMHead
 from tf_mbalign.modeling.pooling import l2_normalized, sentence_representation
+from tf_mbalign.modeling.sixteen_bit_dropout import set_dropout_mask_bits
 
 NEGATIVES = ("queue", "in_batch")
 
@@ -104,6 +105,10 @@ class Aligner(keras.Model):
             keep only their inputs for the backward pass and run again there
             (`BertEncoder.set_recompute_activations`): less memory, one more
             forward pass; the same losses, gradients and dropout masks.
+        dropout_mask_bits: int. Random bits per element of `encoder`'s
+            dropout masks: 32 (Keras' `Dropout`) or 16 (`SixteenBitDropout`:
+            half the random bits, no float conversion; the same distribution
+            of masks to 6e-6 in the rate, another random stream).
 
     Example:
     ```python
@@ -142,6 +147,7 @@ class Aligner(keras.Model):
         train_token_embeddings=True,
         tlm_sampled_negatives=0,
         recompute_activations=False,
+        dropout_mask_bits=32,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -158,6 +164,7 @@ class Aligner(keras.Model):
         if not train_token_embeddings:
             encoder.token_embedding.trainable = False
         encoder.set_recompute_activations(recompute_activations)
+        set_dropout_mask_bits(encoder, dropout_mask_bits)
         self.encoder = encoder
         # The momentum branch exists only for MoCo's queue.
         self.key_encoder = clone_encoder(encoder, name="key_encoder") if uses_queue else None
@@ -219,6 +226,7 @@ class Aligner(keras.Model):
         self.train_token_embeddings = train_token_embeddings
         self.tlm_sampled_negatives = tlm_sampled_negatives
         self.recompute_activations = recompute_activations
+        self.dropout_mask_bits = dropout_mask_bits
 
         # === Metrics ===
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -664,6 +672,7 @@ class Aligner(keras.Model):
             "train_token_embeddings": self.train_token_embeddings,
             "tlm_sampled_negatives": self.tlm_sampled_negatives,
             "recompute_activations": self.recompute_activations,
+            "dropout_mask_bits": self.dropout_mask_bits,
             "name": self.name,
         }
 
