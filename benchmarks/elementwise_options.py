@@ -13,7 +13,12 @@ distribution of outputs:
 - `scaled_mask`: one mask `cast(u >= rate) / (1 - rate)` multiplied in, and
   the backward pass one multiply by the same mask (`tf.custom_gradient`);
 - `integer_bits`: the mask from 32 random bits compared with an integer
-  threshold (no float conversion of the draw), then as `scaled_mask`.
+  threshold (no float conversion of the draw), then as `scaled_mask`;
+- `sixteen_bits`: two masks' worth of 16-bit integers from each 32-bit word
+  (half the random bits), then as `scaled_mask`;
+- `sixteen_bits_select`: the same mask applied by selects, as Keras applies
+  its mask (what `--dropout_mask_bits=16` runs:
+  `tf_mbalign.modeling.sixteen_bit_dropout`).
 
 Each variant runs forward and backward (`d sum(dropout(x) * w) / dx`) in a
 `tf.function` on the step's three dropout shapes (attention probabilities of
@@ -33,8 +38,15 @@ forward and backward with the gradients of the input, gamma and beta on the
 step's hidden-state shapes; each row also reports the largest difference
 of the outputs from Keras'.
 
+GELU (`--family gelu`): Keras' exact GELU in the input's dtype (what the
+encoder runs) against the same function computed in float32 and cast back
+(one rounding to bf16 instead of one per op), on the feed-forward's
+activations. `--dtype bfloat16` runs dropout and GELU on bf16 inputs, as the
+mixed bf16 step does (layer norm: float32 only).
+
     python benchmarks/elementwise_options.py --json docs/results/elementwise/zen3.json
     python benchmarks/elementwise_options.py --family layer_norm --json LAYER_NORM.json
+    python benchmarks/elementwise_options.py --family gelu --dtype bfloat16 --json GELU.json
 """
 
 import argparse
@@ -135,9 +147,36 @@ def fused_batch_norm(x, seed):
 
 LAYER_NORM_VARIANTS = {"keras_layer_norm": keras_layer_norm, "fused_batch_norm": fused_batch_norm}
 
+# GELU (`--family gelu`): the feed-forward's activation on its 1,536-wide
+# output, forward and backward. In a mixed bf16 step the input is bf16.
+INTERMEDIATE = 1536
+GELU_SHAPES = {"intermediate_tlm": (16, 128, INTERMEDIATE),
+               "intermediate_sentence": (16, 64, INTERMEDIATE)}
+
+
+def keras_gelu(approximate):
+    """What the encoder ran before: Keras' GELU in the input's dtype."""
+    return lambda x, seed: common.keras.activations.gelu(x, approximate=approximate)
+
+
+def float32_gelu(approximate):
+    """GELU computed in float32 and rounded to the input's dtype once (what
+    the encoder runs now in mixed precision)."""
+    def run(x, seed):
+        y = common.keras.activations.gelu(tf.cast(x, tf.float32), approximate=approximate)
+        return tf.cast(y, x.dtype)
+
+    return run
+
+
+# The tanh rows' ratios are to the exact GELU's.
+GELU_VARIANTS = {"keras_gelu": keras_gelu(False), "float32_gelu": float32_gelu(False),
+                 "keras_gelu_tanh": keras_gelu(True), "float32_gelu_tanh": float32_gelu(True)}
+
 # family: (variants, shapes, the baseline variant)
 FAMILIES = {"dropout": (VARIANTS, SHAPES, "keras_dropout"),
-            "layer_norm": (LAYER_NORM_VARIANTS, LAYER_NORM_SHAPES, "keras_layer_norm")}
+            "layer_norm": (LAYER_NORM_VARIANTS, LAYER_NORM_SHAPES, "keras_layer_norm"),
+            "gelu": (GELU_VARIANTS, GELU_SHAPES, "keras_gelu")}
 
 
 def forward_backward(variant):
@@ -160,13 +199,14 @@ def keep_rate(variant, shape):
     return float(tf.reduce_mean(tf.cast(y != 0, tf.float32))), float(tf.reduce_mean(y))
 
 
-def check(family, variant, baseline, shape):
+def check(family, variant, baseline, shape, dtype="float32"):
     """What each row reports to show the variant computes the same thing."""
     if family == "dropout":
         kept, mean = keep_rate(variant, shape)
         return {"kept_share": kept, "mean_of_ones": mean}, f"kept {kept:.4f}"
-    x = tf.random.stateless_normal(shape, (7, 8)) * 3.0 + 1.0
-    difference = float(tf.reduce_max(tf.abs(variant(x, None) - baseline(x, None))))
+    x = tf.cast(tf.random.stateless_normal(shape, (7, 8)) * 3.0 + 1.0, dtype)
+    difference = float(tf.reduce_max(tf.abs(tf.cast(variant(x, None), tf.float32)
+                                            - tf.cast(baseline(x, None), tf.float32))))
     return {"max_abs_difference": difference}, f"max |diff| {difference:.2e}"
 
 
@@ -191,7 +231,7 @@ def measure(rounds, calls, family="dropout", dtype="float32"):
         base = common.statistics.median(times[base_name])
         for name, values in times.items():
             median = common.statistics.median(values)
-            checked, text = check(family, variants[name], variants[base_name], shape)
+            checked, text = check(family, variants[name], variants[base_name], shape, dtype)
             rows.append({"shape": shape_name, "elements": int(common.np.prod(shape)),
                          "variant": name, "median_ms": median * 1e3,
                          f"ratio_to_{base_name}": median / base, **checked,

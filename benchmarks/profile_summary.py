@@ -9,7 +9,11 @@ from `benchmarks/train_step.py --profile_dir DIR`) and prints, for each:
   and share;
 - the top op types (`Mul`, `Erf`, `Cast`, ...) by self time, with their kind
   and event count: where the element-wise time goes;
-- the top ops (by name, e.g. `.../mlm_head_1/Cast:Cast`) by self time.
+- the top ops (by name, e.g. `.../mlm_head_1/Cast:Cast`) by self time;
+- the element-wise, reduction, cast and transpose time by the part of the
+  model whose name scope the op carries (`PARTS`: dropout, layer norm, the
+  feed-forward with its GELU, attention, the optimizer, other), forward and
+  backward (an op under a `gradient` scope): where the non-matmul time goes.
 
 Self time of an op event = its duration minus the op events nested inside
 it on the same thread (a `While` or function call contains its body's ops).
@@ -56,6 +60,16 @@ KINDS = (
         "StopGradient", "EnsureShape", "Assert", "Where", "Tile"}),
 )
 ELEMENT_WISE = "element-wise"
+# The non-matmul kinds `PARTS` splits, and the parts, by the first pattern
+# found in the lower-cased op name (keras-hub's layer names).
+PART_KINDS = (ELEMENT_WISE, "reduction", "cast", "transpose")
+PARTS = (
+    ("dropout", ("dropout",)),
+    ("layer norm", ("layer_norm", "layernorm")),
+    ("feed-forward and GELU", ("feedforward_intermediate", "gelu", "erf")),
+    ("attention", ("attention", "softmax")),
+    ("optimizer", ("adam", "optimizer", "apply")),
+)
 
 
 def kind_of(op_type):
@@ -63,6 +77,13 @@ def kind_of(op_type):
         if test(op_type):
             return kind
     return ELEMENT_WISE
+
+
+def part_of(op_name):
+    """(the model part, "forward" or "backward") of an op, by its name scope."""
+    lowered = op_name.lower()
+    part = next((p for p, patterns in PARTS if any(w in lowered for w in patterns)), "other")
+    return part, "backward" if "gradient" in lowered else "forward"
 
 
 def find_traces(directory):
@@ -142,7 +163,10 @@ def summarize(paths, steps=1, top=25):
     types = collections.Counter()
     type_events = collections.Counter()
     op_kinds = {}
+    parts = collections.Counter()
     for name, op_type, self_ps in rows:
+        if kind_of(op_type) in PART_KINDS:
+            parts[part_of(name)] += self_ps
         kinds[kind_of(op_type)] += self_ps
         types[op_type] += self_ps
         type_events[op_type] += 1
@@ -157,6 +181,8 @@ def summarize(paths, steps=1, top=25):
         "self_ms_per_step": ms(total),
         "kinds": [{"kind": k, "self_ms_per_step": ms(v), "share": v / total}
                   for k, v in kinds.most_common()],
+        "non_matmul_by_part": [{"part": p, "pass": d, "self_ms_per_step": ms(v)}
+                               for (p, d), v in parts.most_common()],
         "top_op_types": [{"op_type": t, "kind": kind_of(t), "events_per_step": type_events[t] / steps,
                           "self_ms_per_step": ms(v), "share": v / total}
                          for t, v in types.most_common(top)],
@@ -173,6 +199,11 @@ def print_summary(name, summary):
     print(f"{'kind':<{width}}  {'ms/step':>9}  share")
     for k in summary["kinds"]:
         print(f"{k['kind']:<{width}}  {k['self_ms_per_step']:9.2f}  {k['share']:6.1%}")
+    parts = summary.get("non_matmul_by_part", [])
+    if parts:
+        print(f"{', '.join(PART_KINDS)} by model part (ms/step):")
+        for p in parts:
+            print(f"  {p['part']:<24} {p['pass']:<8} {p['self_ms_per_step']:9.2f}")
     types = summary.get("top_op_types", [])
     print(f"top {len(types)} op types by self time:")
     for t in types:

@@ -228,3 +228,42 @@ def test_mean_pooling_of_bf16_states_sums_in_float32():
                                np.mean(tf.cast(values, tf.float32).numpy()), rtol=1e-6)
     cls = sentence_representation([hidden], tf.ones([1, 64], tf.int32), pooling="cls")
     assert cls.dtype == tf.float32 and float(cls[0, 0]) == 1.0
+
+
+def _gelu_bound_violations(activation, reference):
+    """Elements of `activation` on bf16 inputs farther from the float64
+    `reference` than one rounding to bf16 allows."""
+    values = np.linspace(-6.0, 6.0, 20_001, dtype=np.float32)
+    x = tf.cast(values, tf.bfloat16)
+    exact = reference(tf.cast(x, tf.float64).numpy())
+    got = tf.cast(activation(x), tf.float64).numpy()
+    # One round-to-nearest to bf16 (8 significant bits) errs by at most half
+    # a unit in the last place, <= 2**-8 of the value. Before it, float32:
+    # erf / tanh err by a few float32 ulps, relative to 1 in `1 + erf(...)`,
+    # so the float32 GELU errs by ~|x| * 2**-23 (a large share of the value
+    # where `1 + tanh` cancels, x << 0); 8 such ulps, and 1e-5 relative, cover
+    # any CPU's kernels.
+    bound = (2.0**-8 + 1e-5) * np.abs(exact) + 8 * 2.0**-24 * np.abs(values)
+    return int(np.sum(np.abs(got - exact) > bound))
+
+
+# tolerance: one rounding to bf16 (see `_gelu_bound_violations`), against float64.
+@pytest.mark.numerics
+@pytest.mark.bfloat16
+@pytest.mark.parametrize("name", ["gelu", "gelu_approximate"])
+def test_a_bfloat16_gelu_is_the_float32_gelu_rounded_once(name):
+    """The encoder computes GELU of a bf16 input in float32 and rounds once
+    (faster than bf16 kernels on CPUs, and nearer): every output is within
+    half a bf16 unit of the float64 GELU. Keras' bf16 GELU, which rounds after
+    each op, is not (the bound can fail)."""
+    from numpy_reference import gelu_exact, gelu_tanh
+    from tf_mbalign.modeling.bert_encoder import _ACTIVATIONS
+
+    reference = {"gelu": gelu_exact, "gelu_approximate": gelu_tanh}[name]
+    assert _gelu_bound_violations(_ACTIVATIONS[name], reference) == 0
+    keras_bf16 = lambda x: keras.activations.gelu(x, approximate=name != "gelu")  # noqa: E731
+    assert _gelu_bound_violations(keras_bf16, reference) > 0
+    # float32 inputs: Keras' GELU itself.
+    x = tf.random.stateless_normal([64], (1, 2)) * 3.0
+    np.testing.assert_array_equal(_ACTIVATIONS[name](x).numpy(),
+                                  keras.activations.gelu(x, approximate=name != "gelu").numpy())

@@ -353,17 +353,28 @@ def test_add_languages_config_is_the_grid_row_it_names():
     differ = {name: (values.get(name), row[name]) for name in row
               if name not in where and values.get(name) != row[name]}
     assert not differ, f"add_languages.flags vs the grid row {chosen!r}: {differ}"
-    # The one setting the grid did not have: the table frozen, as the run of
-    # RESULTS.md's "The recipe with the token table frozen" trained (its
-    # flags.json: every setting but where it went and its seed).
-    with open(os.path.join(REPO_ROOT, "docs", "results", "lean_frozen", "training",
-                           "flags.json"), encoding="utf-8") as f:
-        frozen_run = json.load(f)
-    # A flag added after that run has its default there.
+    # The settings the grid did not have, each judged on the track by a run
+    # that changed it alone: the table frozen (RESULTS.md's "The recipe with
+    # the token table frozen"), then dropout masks from 16 bits ("Dropout
+    # masks from 16 random bits on the track"). Each run's flags.json holds
+    # every setting but where it went and its seed; a flag added after a run
+    # has its default there.
     defaults = json.loads(config_lib.TrainConfig().to_json())
-    frozen_run = {**defaults, **frozen_run}
-    differ = {name: (values.get(name), frozen_run.get(name))
-              for name in set(frozen_run) | set(values)
-              if name not in where | {"seed"} and values.get(name) != frozen_run.get(name)}
-    assert not differ, f"add_languages.flags vs the frozen-table run: {differ}"
+
+    def run_flags(*parts):
+        with open(os.path.join(REPO_ROOT, "docs", "results", *parts, "flags.json"),
+                  encoding="utf-8") as f:
+            return {**defaults, **json.load(f)}
+
+    def differences(a, b):
+        return {name: (a.get(name), b.get(name)) for name in set(a) | set(b)
+                if name not in where | {"seed"} and a.get(name) != b.get(name)}
+
+    frozen_run = run_flags("lean_frozen", "training")
+    bits_run = run_flags("lean_dropout_bits", "training_bits16")
+    baseline_run = run_flags("lean_dropout_bits", "training_bits32")
+    assert not differences(baseline_run, frozen_run)
+    assert differences(bits_run, frozen_run) == {"dropout_mask_bits": (16, 32)}
+    differ = differences(values, bits_run)
+    assert not differ, f"add_languages.flags vs the 16-bit dropout run: {differ}"
     assert values["train_token_embeddings"] is False
