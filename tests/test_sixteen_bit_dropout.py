@@ -121,3 +121,10 @@ def test_the_flag_reaches_the_encoder_through_the_aligner_and_the_config():
     assert TrainConfig().dropout_mask_bits == 32  # Keras' dropout stays the default
     with pytest.raises(ValueError, match="--dropout_mask_bits=8"):
         TrainConfig(dropout_mask_bits=8)
+
+
+def test_a_rate_near_one_drops_nearly_everything_without_overflowing_16_bits():
+    assert sixteen_bit_threshold(0.999999) == 2**16 - 1
+    y = sixteen_bit_dropout(tf.ones([100_000]), 0.999999, tf.constant([5, 6], tf.int64))
+    # P(kept) = 1 / 65,536: 1.5 expected of 100,000; more than 20 has probability < 1e-15.
+    assert int(np.sum(y.numpy() != 0)) <= 20

@@ -11,7 +11,7 @@ Here each 32-bit word of one Philox draw (`StatelessRandomUniformFullIntV2`)
 gives two 16-bit integers, each compared with `round(rate * 2**16)` in
 integers: half the random bits and no float conversion. An element is
 dropped with probability `round(rate * 65536) / 65536` (0.1000061 for 0.1,
-within 1/131,072 of the rate for any rate), kept elements are scaled by
+within 1/131,072 of the rate for any rate up to 1 - 2**-17), kept elements are scaled by
 `1 / (1 - rate)` as Keras does, in the input's dtype. Masks are independent
 across elements and calls as Keras' are; they are not the same masks, so a
 run with `dropout_mask_bits=16` draws another random stream than one with 32.
@@ -32,8 +32,9 @@ _INT32_SEED_RANGE = 2**31 - 2  # Keras' `floormod` of a generator's int64 seed
 
 
 def sixteen_bit_threshold(rate):
-    """The integer an element's 16 bits must reach to be kept."""
-    return int(round(rate * 2**16))
+    """The integer an element's 16 bits must reach to be kept (at most
+    65,535: a rate above 1 - 2**-17 drops with probability 65,535 / 65,536)."""
+    return min(int(round(rate * 2**16)), 2**16 - 1)
 
 
 def sixteen_bit_dropout(inputs, rate, seed):
