@@ -170,6 +170,11 @@ def test_profile_of_a_step_summarized_by_kind(common, tiny_step, tmp_path):
             assert types[op_type]["self_ms_per_step"] >= op["self_ms_per_step"] * (1 - 1e-9)
     for t in types.values():
         assert t["self_ms_per_step"] <= kinds[t["kind"]] * (1 + 1e-9)
+    # The parts split exactly the non-matmul kinds' time, nothing more or less.
+    parts = sum(p["self_ms_per_step"] for p in summary["non_matmul_by_part"])
+    split = sum(kinds.get(k, 0.0) for k in profile_summary.PART_KINDS)
+    assert abs(parts - split) <= 1e-9 * max(split, 1.0)
+    assert {p["pass"] for p in summary["non_matmul_by_part"]} == {"forward", "backward"}
 
 
 def test_self_time_subtracts_nested_ops():
@@ -185,6 +190,22 @@ def test_self_time_subtracts_nested_ops():
                                                  "ResourceApplyAdam", "GatherV2", "Erf")] == [
         "matmul", "cast", "transpose", "optimizer / variable updates",
         "gather / scatter / embedding", "element-wise"]
+
+
+def test_op_names_map_to_model_parts():
+    import profile_summary
+
+    base = "while/body/_1/while/bert_encoder_1/transformer_layer_3_1/"
+    grad = "while/body/_1/gradient_tape/while/bert_encoder_3/transformer_layer_3_1/"
+    assert [profile_summary.part_of(name) for name in (
+        base + "self_attention_dropout_1/SelectV2",
+        grad + "self_attention_layer_norm_1/mul_2/Mul",
+        base + "feedforward_intermediate_dense_1/Gelu/Erfc",
+        grad + "self_attention_layer_1/softmax_1/Sum",
+        "while/body/_1/while/adamw/Add_162",
+        "while/cond/_0/while/Less")] == [
+        ("dropout", "forward"), ("layer norm", "backward"), ("feed-forward and GELU", "forward"),
+        ("attention", "backward"), ("optimizer", "forward"), ("other", "forward")]
 
 
 def test_precision_numerics_comparisons(common):
