@@ -53,6 +53,8 @@ import argparse
 
 import _common as common
 from _common import tf
+from tf_mbalign.modeling.bert_encoder import gelu_in_float32
+from tf_mbalign.modeling.sixteen_bit_dropout import sixteen_bit_dropout, sixteen_bit_keep_mask
 
 RATE = 0.1
 # e5-small's dropout shapes in the benchmark step (batch 16, TLM length 128,
@@ -93,29 +95,14 @@ def integer_bits(x, seed):
 def sixteen_bits(x, seed):
     """Two 16-bit draws per 32-bit word: half the random bits of the others.
     P(drop) = 6,554 / 65,536 = 0.100006 for RATE 0.1."""
-    size = tf.size(x)
-    words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
-                                        dtype=tf.int32)
-    bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
-    keep = tf.reshape(bits >= tf.constant(round(RATE * 2 ** 16), tf.uint16), tf.shape(x))
+    keep = sixteen_bit_keep_mask(tf.shape(x), RATE, seed)
     return _multiply_by_mask(x, tf.cast(keep, x.dtype) * (1.0 / (1.0 - RATE)))
 
 
 def sixteen_bits_select(x, seed):
-    """As `sixteen_bits`, the mask applied by selects (no float mask)."""
-    size = tf.size(x)
-    words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
-                                        dtype=tf.int32)
-    bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
-    keep = tf.reshape(bits >= tf.constant(round(RATE * 2 ** 16), tf.uint16), tf.shape(x))
-    scale = tf.constant(1.0 / (1.0 - RATE), x.dtype)
-    zeros = tf.zeros_like(x)
-
-    @tf.custom_gradient
-    def forward(x):
-        return tf.where(keep, x * scale, zeros), lambda dy: tf.where(keep, dy * scale, zeros)
-
-    return forward(x)
+    """As `sixteen_bits`, the mask applied by selects: what
+    `--dropout_mask_bits=16` runs."""
+    return sixteen_bit_dropout(x, RATE, seed)
 
 
 VARIANTS = {"keras_dropout": keras_dropout, "scaled_mask": scaled_mask,
@@ -160,13 +147,9 @@ def keras_gelu(approximate):
 
 
 def float32_gelu(approximate):
-    """GELU computed in float32 and rounded to the input's dtype once (what
-    the encoder runs now in mixed precision)."""
-    def run(x, seed):
-        y = common.keras.activations.gelu(tf.cast(x, tf.float32), approximate=approximate)
-        return tf.cast(y, x.dtype)
-
-    return run
+    """GELU computed in float32 and rounded to the input's dtype once: what
+    the encoder runs in mixed precision."""
+    return lambda x, seed: gelu_in_float32(x, approximate)
 
 
 # The tanh rows' ratios are to the exact GELU's.

@@ -15,7 +15,6 @@ takes them), and lists the op types each runs with their self time per call
 """
 
 import argparse
-import collections
 import glob
 import os
 import tempfile
@@ -63,18 +62,17 @@ def _function(call, dense, training):
 
 
 def op_types(run, x, calls):
-    """{op type: self ms per call} over `calls` profiled calls."""
+    """{op type: self ms per call} over `calls` profiled calls (types of at
+    least 0.05 ms a call)."""
     with tempfile.TemporaryDirectory() as directory:
         tf.profiler.experimental.start(directory)
         for _ in range(calls):
             run(x).numpy()
         tf.profiler.experimental.stop()
         paths = glob.glob(os.path.join(directory, "**", "*.xplane.pb"), recursive=True)
-        rows = [r for p in paths for r in profile_summary.self_times(profile_summary.op_events(p))]
-    totals = collections.Counter()
-    for _, op_type, self_ps in rows:
-        totals[op_type] += self_ps
-    return {t: v / 1e9 / calls for t, v in totals.most_common() if v / 1e9 / calls >= 0.05}
+        summary = profile_summary.summarize(paths, steps=calls, top=None)
+    return {t["op_type"]: t["self_ms_per_step"] for t in summary["top_op_types"]
+            if t["self_ms_per_step"] >= 0.05}
 
 
 def measure(dtype, rounds, calls):

@@ -14,7 +14,7 @@ def _initializer(stddev=0.02):
 _REDUCED_PRECISIONS = ("bfloat16", "float16")
 
 
-def _gelu(x, approximate):
+def gelu_in_float32(x, approximate):
     """GELU of `x`; a bf16 or float16 `x` is computed in float32 and rounded
     to its dtype once. TensorFlow's CPU kernels run each bf16 element-wise op
     through float32 and round after every op: the same function in float32,
@@ -29,11 +29,11 @@ def _gelu(x, approximate):
 
 
 def _gelu_exact(x):
-    return _gelu(x, approximate=False)
+    return gelu_in_float32(x, approximate=False)
 
 
 def _gelu_tanh(x):
-    return _gelu(x, approximate=True)
+    return gelu_in_float32(x, approximate=True)
 
 
 _ACTIVATIONS = {"gelu": _gelu_exact, "gelu_approximate": _gelu_tanh}

@@ -37,19 +37,26 @@ def sixteen_bit_threshold(rate):
     return min(int(round(rate * 2**16)), 2**16 - 1)
 
 
-def sixteen_bit_dropout(inputs, rate, seed):
-    """`inputs` with each element zeroed with probability
-    `sixteen_bit_threshold(rate) / 65536` and the rest scaled by
-    `1 / (1 - rate)`. `seed`: a shape-[2] integer tensor (a Keras
-    `SeedGenerator`'s `next()`)."""
-    inputs = tf.convert_to_tensor(inputs)
-    size = tf.size(inputs)
+def sixteen_bit_keep_mask(shape, rate, seed):
+    """A boolean mask of `shape`, each element True (kept) with probability
+    `1 - sixteen_bit_threshold(rate) / 65536`, from 16 random bits each.
+    `seed`: a shape-[2] integer tensor (a Keras `SeedGenerator`'s `next()`)."""
+    size = tf.reduce_prod(shape)
     seed = tf.cast(tf.math.floormod(seed, _INT32_SEED_RANGE), tf.int32)
     words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
                                         dtype=tf.int32)
     bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
     keep = bits >= tf.constant(sixteen_bit_threshold(rate), tf.uint16)
-    keep = tf.reshape(keep, tf.shape(inputs))
+    return tf.reshape(keep, shape)
+
+
+def sixteen_bit_dropout(inputs, rate, seed):
+    """`inputs` with each element zeroed with probability
+    `sixteen_bit_threshold(rate) / 65536` and the rest scaled by
+    `1 / (1 - rate)`, by selects as Keras applies its mask. `seed`: as
+    `sixteen_bit_keep_mask`'s."""
+    inputs = tf.convert_to_tensor(inputs)
+    keep = sixteen_bit_keep_mask(tf.shape(inputs), rate, seed)
     scale = tf.constant(1.0 / (1.0 - rate), inputs.dtype)
     return tf.where(keep, inputs * scale, tf.zeros([], inputs.dtype))
 
