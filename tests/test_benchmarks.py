@@ -354,3 +354,21 @@ def test_elementwise_layer_norm_variants_compute_keras_layer_norm(common):
     wrong = options.check("layer_norm", lambda x, seed: options.keras_layer_norm(x, seed)
                           - options._beta, options.keras_layer_norm, (2, 3, options.WIDTH))
     assert wrong[0]["max_abs_difference"] > 1e-2
+
+
+# tolerance: the two variants are float32 softmax cross-entropies of the same logits
+# (tests/test_vocabulary_softmax.py bounds each against float64): on 8 rows x 2,000 classes
+# with mean weights the loss is ~9, and (2,000 + 4) * 2^-24 ~ 1.2e-4 bounds each normalizer's
+# error; the gradients are probabilities (< 1) within (2,000 + 8) * 2^-24 relative of each other.
+@pytest.mark.numerics
+def test_vocabulary_softmax_benchmark_times_the_same_loss_two_ways(common, monkeypatch):
+    import vocabulary_softmax as benchmark
+
+    monkeypatch.setattr(benchmark, "ROWS", 8)
+    monkeypatch.setattr(benchmark, "VOCABULARY", 2000)
+    rows = benchmark.measure(rounds=2, calls=1)
+    assert [r["variant"] for r in rows] == list(benchmark.VARIANTS)
+    assert rows[0]["ratio"] == 1.0 and rows[0]["loss_difference"] == 0.0
+    assert rows[1]["loss_difference"] <= 2 * 2004 * 2.0**-24
+    assert rows[1]["largest_gradient_difference"] <= 2 * 2008 * 2.0**-24
+    assert all(len(r["all_ms"]) == 2 for r in rows)

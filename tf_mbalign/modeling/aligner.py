@@ -56,6 +56,7 @@ from tf_mbalign.modeling.english_anchor import ANCHOR_LOSSES, Teacher
 from tf_mbalign.modeling.mlm_head import TiedMaskedLMHead
 from tf_mbalign.modeling.pooling import l2_normalized, sentence_representation
 from tf_mbalign.modeling.sixteen_bit_dropout import set_dropout_mask_bits
+from tf_mbalign.modeling.vocabulary_softmax import softmax_cross_entropy, top_one_hits
 
 NEGATIVES = ("queue", "in_batch")
 
@@ -458,29 +459,23 @@ class Aligner(keras.Model):
         (columns of `logits`), divided by the global masked-token count."""
         context = tf.distribute.get_replica_context()
         weights = tf.cast(masked_weights, tf.float32)
-        token_losses = keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                    from_logits=True)
+        token_losses, hits = softmax_cross_entropy(logits, labels)
         local_tokens = tf.reduce_sum(weights)
         global_tokens = (context.all_reduce("sum", local_tokens)
                          if context.num_replicas_in_sync > 1 else local_tokens)
         tlm_loss = tf.math.divide_no_nan(tf.reduce_sum(token_losses * weights), global_tokens)
         return tlm_loss, {
             "local_tokens": local_tokens,
-            "tlm_correct": tf.reduce_sum(self._tlm_correct(logits, labels) * weights),
+            "tlm_correct": tf.reduce_sum(hits * weights),
             "token_losses_sum": tf.reduce_sum(token_losses * weights),
         }
-
-    @staticmethod
-    def _tlm_correct(logits, labels):
-        return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                tf.cast(labels, tf.int32)), tf.float32)
 
     def tlm_counts(self, batch):
         """(correct, masked tokens) of the MLM head on `batch`, dropout off
         (the head warm-up's measurement); over the whole vocabulary, with
         sampled negatives too."""
         weights = tf.cast(batch["masked_weights"], tf.float32)
-        correct = self._tlm_correct(self.tlm_logits(batch, training=False), batch["masked_ids"])
+        correct = top_one_hits(self.tlm_logits(batch, training=False), batch["masked_ids"])
         return tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
     def contrastive_terms(self, batch, keys=None, training=True, vectors=None):
