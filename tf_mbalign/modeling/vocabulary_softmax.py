@@ -4,8 +4,8 @@ The word-level loss of alignment training is a softmax over e5-small's
 250,002 rows at every masked token: 320 x 250,002 float32 logits a step at
 batch 16. TensorFlow's `SparseSoftmaxCrossEntropyWithLogits` (what
 `keras.losses.sparse_categorical_crossentropy` runs) and the `ArgMax` of the
-accuracy took 350 of the 2,526 ms of the mixed-bf16 step on an AMX CPU
-(BENCHMARKS.md, "The vocabulary softmax"). Here the probabilities come from
+accuracy took ~350 ms a step in a serialized profile of the mixed-bf16 step
+on an AMX CPU (BENCHMARKS.md, "The vocabulary softmax"). Here the probabilities come from
 `tf.nn.softmax` (oneDNN's softmax where oneDNN is on), and everything else
 is read off them and two row maxima:
 
@@ -20,8 +20,9 @@ is read off them and two row maxima:
   monitor.
 
 Same loss and gradient as TensorFlow's op within float32 rounding
-(`tests/test_vocabulary_softmax.py`); about 3x faster on e5-small's TLM
-logits (BENCHMARKS.md).
+(`tests/test_vocabulary_softmax.py`); 0.37x the time of the op and the
+`ArgMax` on e5-small's TLM logits, 0.90x the default step's
+(BENCHMARKS.md).
 """
 
 import tensorflow as tf
